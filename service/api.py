@@ -1,0 +1,269 @@
+"""HTTP handlers and their request/response models: parse, call the rules, render."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
+
+from service.errors import InvalidRequest, MalformedJson, NotFound, Unauthorized
+from service.phones import normalize
+from service.settings import Settings
+from service.verification import CheckResult, Verification, Verifier
+
+M = TypeVar("M", bound=BaseModel)
+Channel = Literal["flash_call", "voice_call"]
+Code = Annotated[str, Field(pattern=r"^[0-9]{4,8}$", description="the digits the user typed")]
+Phone = Annotated[str, Field(min_length=1, max_length=32, examples=["+7 (903) 567-51-24"])]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StartRequest(_Body):
+    phone: Phone
+    channel: Channel = "flash_call"
+    ip: IPvAnyAddress | None = Field(None, description="the end user's IP address")
+
+
+class ResendRequest(_Body):
+    channel: Channel | None = None
+
+
+class CheckRequest(_Body):
+    code: Code
+
+
+class CheckByPhoneRequest(_Body):
+    phone: Phone
+    code: Code
+
+
+class CallOut(BaseModel):
+    channel: Channel
+    placed_at: datetime
+    status: str = Field(description="New-Tel's word for the call, or `unknown`")
+
+
+class VerificationOut(BaseModel):
+    id: str
+    phone: str = Field(description="E.164 digits without +")
+    channel: Channel
+    status: Literal["pending", "approved", "canceled", "max_checks_reached"]
+    code_length: int
+    expires_at: datetime
+    checks_left: int
+    sends_left: int
+    resend_after: datetime
+    calls: list[CallOut] | None = None
+
+
+class CheckOut(BaseModel):
+    id: str
+    status: Literal["pending", "approved", "canceled", "max_checks_reached"]
+    valid: bool
+    checks_left: int | None = None
+
+
+class SandboxCallOut(BaseModel):
+    verification_id: str | None
+    channel: Channel
+    code: str
+    placed_at: datetime
+    caller: str | None = Field(None, description="flash call: the number that rings")
+    text: str | None = Field(None, description="voice call: what the robot says")
+
+
+class SandboxCallsOut(BaseModel):
+    calls: list[SandboxCallOut]
+
+
+VERIFIER = web.AppKey("verifier", Verifier)
+SETTINGS = web.AppKey("settings", Settings)
+API_KEYS = web.AppKey("api_keys", dict)
+
+
+def api_key_digests(settings: Settings) -> dict[str, bytes]:
+    keys = {c: k.get_secret_value() for c, k in settings.api_keys.items()} or {"dev": "dev"}
+    return {client: hashlib.sha256(key.encode()).digest() for client, key in keys.items()}
+
+
+def _client(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send Authorization: Bearer <api key>")
+    given = hashlib.sha256(token.strip().encode()).digest()
+    found = None
+    # Compare against every key, so timing says nothing of which keys exist.
+    for client, digest in request.app[API_KEYS].items():
+        if hmac.compare_digest(given, digest):
+            found = client
+    if found is None:
+        raise Unauthorized("unknown api key")
+    return str(found)
+
+
+async def _parse(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw.strip() and not any(f.is_required() for f in model.model_fields.values()):
+        raw = b"{}"
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("the body is not JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        raise InvalidRequest(
+            "the body does not match the schema", extra={"errors": errors}
+        ) from None
+
+
+def json_response(
+    body: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    content_type: str = "application/json",
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS),
+        status=status,
+        content_type=content_type,
+        headers=headers,
+    )
+
+
+def _verification(v: Verification, *, with_calls: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": v.id,
+        "phone": v.phone,
+        "channel": v.channel,
+        "status": v.status,
+        "code_length": v.code_length,
+        "expires_at": v.expires_at,
+        "checks_left": v.checks_left,
+        "sends_left": v.sends_left,
+        "resend_after": v.resend_after,
+    }
+    if with_calls:
+        out["calls"] = [
+            {"channel": c.channel, "placed_at": c.placed_at, "status": c.status} for c in v.calls
+        ]
+    return out
+
+
+def _check(result: CheckResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": result.id, "status": result.status, "valid": result.valid}
+    if result.checks_left is not None:
+        out["checks_left"] = result.checks_left
+    return out
+
+
+async def start(request: web.Request) -> web.Response:
+    client = _client(request)
+    body = await _parse(request, StartRequest)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidRequest(
+            "Idempotency-Key must be 1..255 characters",
+            extra={"errors": [{"field": "Idempotency-Key", "message": "1..255 characters"}]},
+        )
+    verification, created = await request.app[VERIFIER].start(
+        client, body.phone, body.channel, str(body.ip) if body.ip else None, key
+    )
+    headers = {"Location": f"/v1/verifications/{verification.id}"}
+    return json_response(
+        _verification(verification, with_calls=False), 201 if created else 200, headers
+    )
+
+
+async def resend(request: web.Request) -> web.Response:
+    client = _client(request)
+    body = await _parse(request, ResendRequest)
+    verification = await request.app[VERIFIER].resend(
+        client, request.match_info["id"], body.channel
+    )
+    return json_response(_verification(verification, with_calls=False))
+
+
+async def check(request: web.Request) -> web.Response:
+    client = _client(request)
+    body = await _parse(request, CheckRequest)
+    result = await request.app[VERIFIER].check(client, request.match_info["id"], body.code)
+    return json_response(_check(result))
+
+
+async def check_by_phone(request: web.Request) -> web.Response:
+    client = _client(request)
+    body = await _parse(request, CheckByPhoneRequest)
+    result = await request.app[VERIFIER].check_by_phone(client, body.phone, body.code)
+    return json_response(_check(result))
+
+
+async def get(request: web.Request) -> web.Response:
+    client = _client(request)
+    verification = await request.app[VERIFIER].get(client, request.match_info["id"])
+    return json_response(_verification(verification, with_calls=True))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    client = _client(request)
+    verification = await request.app[VERIFIER].cancel(client, request.match_info["id"])
+    return json_response(_verification(verification, with_calls=True))
+
+
+async def sandbox_calls(request: web.Request) -> web.Response:
+    client = _client(request)
+    sandbox = request.app[VERIFIER].sandbox
+    if sandbox is None:
+        raise NotFound("no such route")
+    raw = request.query.get("phone")
+    if not raw:
+        raise InvalidRequest(
+            "the phone query parameter is required",
+            extra={"errors": [{"field": "phone", "message": "required"}]},
+        )
+    calls = sandbox.calls(normalize(raw).e164_digits, client)
+    return json_response(
+        {
+            "calls": [
+                {
+                    "verification_id": c.verification_id,
+                    "channel": c.channel,
+                    "code": c.code,
+                    "placed_at": datetime.fromtimestamp(c.placed_at, UTC),
+                    "caller": c.caller,
+                    "text": c.text,
+                }
+                for c in calls
+            ]
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application, *, sandbox: bool) -> None:
+    app.router.add_post("/v1/verifications", start)
+    app.router.add_post("/v1/verifications/check", check_by_phone)
+    app.router.add_get("/v1/verifications/{id}", get)
+    app.router.add_delete("/v1/verifications/{id}", cancel)
+    app.router.add_post("/v1/verifications/{id}/check", check)
+    app.router.add_post("/v1/verifications/{id}/resend", resend)
+    if sandbox:
+        app.router.add_get("/v1/sandbox/calls", sandbox_calls)
+    app.router.add_get("/healthz", healthz)

@@ -1,0 +1,161 @@
+"""create_app(settings): the store, the provider, the rules, middlewares and routes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from service import api, openapi
+from service.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    problem,
+)
+from service.providers.base import Provider
+from service.providers.newtel import NewTelClient
+from service.providers.sandbox import SandboxProvider
+from service.settings import Settings
+from service.store import Store, connect, new_secret
+from service.verification import Verifier
+
+log = structlog.get_logger("service.http")
+
+MAX_BODY = 4096
+STORE = web.AppKey("store", Store)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _problem_response(err: ServiceError) -> web.Response:
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    if err.status == 503 and headers is None:
+        headers = {"Retry-After": "5"}
+    return api.json_response(
+        problem(err.status, err.code, err.title, err.detail, err.extra),
+        err.status,
+        headers,
+        content_type="application/problem+json",
+    )
+
+
+def _from_http(exc: web.HTTPException) -> ServiceError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"{exc.method} is not allowed here")
+    if isinstance(exc, web.HTTPUnsupportedMediaType):
+        return UnsupportedMediaType("send application/json")
+    return NotFound("no such route")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id, render every error as problem+json, and write one access event."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _problem_response(_from_http(exc))
+        except ServiceError as err:
+            response = _problem_response(err)
+        except Exception:
+            log.exception("unhandled error", method=request.method, path=request.path)
+            response = _problem_response(ServiceError("an unexpected error; it was logged"))
+        response.headers["X-Request-ID"] = request_id
+        route = request.match_info.route.resource
+        log.info(
+            "request",
+            method=request.method,
+            route=route.canonical if route else request.path,
+            status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, Any] = {}
+    try:
+        await request.app[STORE].ping()
+        checks["store"] = "ok"
+    except ServiceError:
+        checks["store"] = "unavailable"
+    ok = all(v == "ok" for v in checks.values())
+    return api.json_response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+    )
+
+
+def _provider(settings: Settings) -> Provider:
+    if settings.provider_name == "sandbox":
+        return SandboxProvider(settings.code_length)
+    access, signature = settings.newtel_access_key, settings.newtel_signature_key
+    if access is None or signature is None:  # Settings refuse this; kept for the type checker
+        raise ValueError("New-Tel keys are missing")
+    return NewTelClient(
+        base_url=settings.newtel_base_url,
+        access_key=access.get_secret_value(),
+        signature_key=signature.get_secret_value(),
+        flash_method=settings.newtel_flash_method,
+        voice_method=settings.newtel_voice_method,
+        status_method=settings.newtel_status_method,
+        timeout_s=settings.newtel_timeout_s,
+        call_timeout_s=settings.call_timeout_s,
+    )
+
+
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, redis: Any = None
+) -> web.Application:
+    """Build the application; resources open and close with it (cleanup_ctx)."""
+    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    app[api.SETTINGS] = settings
+    app[api.API_KEYS] = api.api_key_digests(settings)
+
+    if settings.secret is None:
+        log.warning("CALLAUTH_SECRET is unset: a random one is used, codes die with the process")
+        secret = new_secret()
+    else:
+        secret = settings.secret.get_secret_value().encode()
+    if not settings.api_keys:
+        log.warning("CALLAUTH_API_KEYS is unset: one client 'dev' with key 'dev' (sandbox only)")
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        if settings.redis_url is None and redis is None:
+            log.warning("CALLAUTH_REDIS_URL is unset: embedded store, one process, lost on restart")
+        store = Store(
+            redis if redis is not None else connect(settings),
+            prefix=settings.key_prefix,
+            secret=secret,
+        )
+        provider = _provider(settings)
+        app[STORE] = store
+        app[api.VERIFIER] = Verifier(settings, store, provider, secret=secret, clock=clock)
+        log.info("started", provider=provider.name, cluster=settings.cluster)
+        yield
+        await provider.close()
+        if redis is None:
+            await store.close()
+
+    app.cleanup_ctx.append(resources)
+    api.add_routes(app, sandbox=settings.provider_name == "sandbox")
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi.handler)
+    return app

@@ -1,0 +1,11 @@
+-- Give back what reserve.lua took for a call that was not placed.
+-- KEYS[1] cooldown   KEYS[2] phone window   KEYS[3] verification or ''
+-- ARGV: member
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HINCRBY', KEYS[3], 'sends', -1)
+end
+return 1

@@ -1,0 +1,55 @@
+-- Reserve one call to a phone: resend cooldown, per-phone sliding window, and (for a
+-- resend) one of the verification's sends. All keys share the phone's hash tag.
+-- KEYS[1] cooldown   KEYS[2] phone window   KEYS[3] client's pending id for the phone
+-- KEYS[4] verification to resend, or '' for "the pending one in KEYS[3], if any"
+-- ARGV: now_ms, cooldown_ms, limit, window_ms, member, max_sends, client, vkey_base
+-- Returns {'ok', id_or_''} | {'rate_limited', retry_ms} | {'max_sends', retry_ms}
+-- | {'not_found', 0}
+local now = tonumber(ARGV[1])
+local cooldown = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+
+local vkey = KEYS[4]
+local id = ''
+if vkey == '' then
+  id = redis.call('GET', KEYS[3]) or ''
+  if id ~= '' then
+    -- Same slot as KEYS[3] by construction (the id carries the phone's tag).
+    vkey = ARGV[8] .. string.sub(id, 20)
+  end
+end
+if vkey ~= '' then
+  local rec = redis.call('HMGET', vkey, 'client', 'status', 'sends')
+  if rec[1] ~= ARGV[7] or rec[2] ~= 'pending' then
+    if KEYS[4] ~= '' then
+      return {'not_found', 0}
+    end
+    vkey, id = '', ''
+  elseif tonumber(rec[3]) >= tonumber(ARGV[6]) then
+    return {'max_sends', redis.call('PTTL', vkey)}
+  end
+end
+
+local cd_ttl = redis.call('PTTL', KEYS[1])
+if cd_ttl > 0 then
+  return {'rate_limited', cd_ttl}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+if redis.call('ZCARD', KEYS[2]) >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {'rate_limited', math.max(1, tonumber(oldest[2]) + window - now)}
+end
+
+if cooldown > 0 then
+  redis.call('SET', KEYS[1], ARGV[5], 'PX', cooldown)
+end
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], window)
+if vkey ~= '' then
+  redis.call('HINCRBY', vkey, 'sends', 1)
+  if id == '' then
+    id = redis.call('HGET', vkey, 'id')
+  end
+end
+return {'ok', id}

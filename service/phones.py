@@ -1,0 +1,50 @@
+"""Phone parsing, normalization and masking, on phonenumbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import phonenumbers
+
+from service.errors import InvalidPhone
+
+# Numbers written without a country code are read as Russian, the service's home market.
+DEFAULT_REGION = "RU"
+_MAX_INPUT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    e164_digits: str
+    region: str
+
+
+def normalize(raw: str) -> Phone:
+    """Parse `raw` into E.164 digits without `+`; raise InvalidPhone if it is not a valid number."""
+    if not raw or len(raw) > _MAX_INPUT:
+        raise InvalidPhone("phone must be 1..32 characters")
+    text = raw.strip()
+    # "79035675124" is E.164 without the plus, as New-Tel writes it; "89035675124" is the
+    # Russian domestic form. Try the international reading first.
+    candidates = ["+" + text, text] if text.isdigit() and len(text) > 10 else [text]
+    number = None
+    for candidate in candidates:
+        try:
+            parsed = phonenumbers.parse(candidate, DEFAULT_REGION)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(parsed):
+            number = parsed
+            break
+    if number is None:
+        raise InvalidPhone("phone is not a valid number")
+    region = phonenumbers.region_code_for_number(number) or ""
+    digits = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    return Phone(e164_digits=digits, region=region)
+
+
+def mask(digits: str) -> str:
+    """`79035675124` -> `7903***5124`: enough to tell numbers apart in logs, not to call them."""
+    if len(digits) < 8:
+        return "***"
+    return f"{digits[:4]}***{digits[-4:]}"

@@ -1,0 +1,38 @@
+"""The provider interface: what the verification rules need from telephony."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Channel = Literal["flash_call", "voice_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedCall:
+    """A call the provider accepted; `code` is the code that counts for it."""
+
+    call_id: str
+    code: str
+
+
+class Provider(Protocol):
+    """Places calls. Raises NumberUnreachable, ProviderError or ProviderUnavailable."""
+
+    name: str
+
+    async def flash_call(self, phone: str, pin: str) -> PlacedCall:
+        """Ring `phone` from a number whose last digits are the code."""
+        ...
+
+    async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
+        """Ring `phone` and have a robot speak `text`, which carries `code`."""
+        ...
+
+    async def call_status(self, call_id: str) -> str | None:
+        """New-Tel's word for the call's outcome, or None while it is not known."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,227 @@
+"""The New-Tel client: signed JSON POSTs to the CallPassword and company methods."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from service.errors import NumberUnreachable, ProviderError, ProviderUnavailable
+from service.providers.base import PlacedCall
+
+_PIN = re.compile(r"\d{4,8}")
+# New-Tel's messages are shown in error details; a long digit run could be a phone or a code.
+_DIGIT_RUN = re.compile(r"\d{4,}")
+_MESSAGE_MAX = 200
+
+
+class NewTelFailure:
+    """What New-Tel said, kept for metrics and logs (never put into `ServiceError.extra`)."""
+
+    reason: str = "unknown"
+    http_status: int | None = None
+    provider_message: str | None = None
+
+
+class NewTelError(NewTelFailure, ProviderError):
+    """New-Tel answered, but with an error or an answer we cannot use (502)."""
+
+
+class NewTelUnavailable(NewTelFailure, ProviderUnavailable):
+    """New-Tel did not answer in time, could not be reached, or is overloaded (503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyState:
+    balance: float | None
+    credit: float | None
+    currency: str | None
+    status: str
+
+
+def bearer_token(method: str, body: bytes, *, access_key: str, signature_key: str, ts: str) -> str:
+    """The Authorization value New-Tel expects for `body` posted to `method`."""
+    signed = b"\n".join(
+        [method.encode(), ts.encode(), access_key.encode(), body, signature_key.encode()]
+    )
+    return f"Bearer {access_key}{ts}{hashlib.sha256(signed).hexdigest()}"
+
+
+def _failure(
+    cls: type[NewTelError] | type[NewTelUnavailable],
+    method: str,
+    reason: str,
+    *,
+    http_status: int | None = None,
+    message: str | None = None,
+) -> NewTelError | NewTelUnavailable:
+    if message is not None:
+        message = _DIGIT_RUN.sub("***", message)[:_MESSAGE_MAX]
+    detail = f"New-Tel {method}: {reason}"
+    if http_status is not None:
+        detail += f" (HTTP {http_status})"
+    if message:
+        detail += f": {message}"
+    err = cls(detail)
+    err.reason, err.http_status, err.provider_message = reason, http_status, message
+    return err
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class NewTelClient:
+    """One client, one ClientSession. A call start is never retried: it could ring twice."""
+
+    name = "newtel"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        access_key: str,
+        signature_key: str,
+        flash_method: str,
+        voice_method: str,
+        status_method: str = "call-password/get-password-call-status",
+        timeout_s: float,
+        call_timeout_s: int,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 20 <= call_timeout_s <= 99:
+            raise ValueError("call_timeout_s must be within 20..99 (New-Tel's limit)")
+        self._base_url = base_url.rstrip("/")
+        self._access_key = access_key
+        self._signature_key = signature_key
+        self._flash_method = flash_method.strip("/")
+        self._voice_method = voice_method.strip("/")
+        self._status_method = status_method.strip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._call_timeout_s = call_timeout_s
+        self._session = session
+        self._owns_session = session is None
+        self._clock = clock
+
+    async def flash_call(self, phone: str, pin: str) -> PlacedCall:
+        payload = {"async": 1, "dstNumber": phone, "pin": pin, "timeout": self._call_timeout_s}
+        details = await self._start(self._flash_method, payload)
+        # New-Tel may ring from a number ending in a pin of its own choosing: that one counts.
+        answered_pin = details.get("pin")
+        if not isinstance(answered_pin, str) or not _PIN.fullmatch(answered_pin):
+            raise _failure(NewTelError, self._flash_method, "answer has no usable pin")
+        return PlacedCall(call_id=self._call_id(self._flash_method, details), code=answered_pin)
+
+    async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
+        payload = {"async": 1, "dstNumber": phone, "text": text, "timeout": self._call_timeout_s}
+        details = await self._start(self._voice_method, payload)
+        # The robot speaks our text, so our code counts whatever pin New-Tel echoes.
+        return PlacedCall(call_id=self._call_id(self._voice_method, details), code=code)
+
+    async def call_status(self, call_id: str) -> str | None:
+        try:
+            data = await self._post(self._status_method, {"callId": call_id})
+        except NewTelError as err:
+            # New-Tel forgets calls after a while; that is "unknown", not a failure.
+            if err.reason == "method error" and "not found" in (err.provider_message or "").lower():
+                return None
+            raise
+        details = data.get("callDetails")
+        candidates = [
+            details.get("status") if isinstance(details, dict) else None,
+            data.get("status") if data.get("status") != "success" else None,
+            data.get("callStatus"),
+        ]
+        return next((c for c in candidates if isinstance(c, str) and c), None)
+
+    async def company_state(self) -> CompanyState:
+        """Balance and account status (`company/get-state` answers even when blocked)."""
+        method = "company/get-state"
+        state = (await self._post(method, {})).get("state")
+        if not isinstance(state, dict) or not isinstance(state.get("status"), str):
+            raise _failure(NewTelError, method, "unexpected answer shape")
+        currency = state.get("currency")
+        return CompanyState(
+            balance=_number(state.get("balance")),
+            credit=_number(state.get("credit")),
+            currency=currency if isinstance(currency, str) else None,
+            status=state["status"],
+        )
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _start(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        details = (await self._post(method, payload)).get("callDetails")
+        if not isinstance(details, dict):
+            raise _failure(NewTelError, method, "answer has no callDetails")
+        if details.get("isValidNumber") in (False, "false"):
+            raise NumberUnreachable("New-Tel says the number is not a valid destination")
+        return details
+
+    def _call_id(self, method: str, details: dict[str, Any]) -> str:
+        call_id = details.get("callId")
+        if isinstance(call_id, bool) or not isinstance(call_id, str | int) or call_id == "":
+            raise _failure(NewTelError, method, "answer has no callId")
+        return str(call_id)
+
+    async def _post(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST once and return the answer's `data`; raise NewTelError / NewTelUnavailable."""
+        # Serialized once: the bytes signed must be the bytes sent.
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {
+            "Authorization": bearer_token(
+                method,
+                body,
+                access_key=self._access_key,
+                signature_key=self._signature_key,
+                ts=str(int(self._clock())),
+            ),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                f"{self._base_url}/{method}", data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                http_status, raw = resp.status, await resp.read()
+        except TimeoutError as err:
+            raise _failure(NewTelUnavailable, method, "timed out") from err
+        except (aiohttp.ClientError, OSError) as err:
+            reason = f"unreachable ({type(err).__name__})"
+            raise _failure(NewTelUnavailable, method, reason) from err
+
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        message = answer.get("message") if isinstance(answer, dict) else None
+        message = message if isinstance(message, str) else None
+
+        if http_status != 200:
+            overloaded = http_status >= 500 or http_status == 429
+            cls = NewTelUnavailable if overloaded else NewTelError
+            raise _failure(cls, method, "request error", http_status=http_status, message=message)
+        if not isinstance(answer, dict):
+            raise _failure(NewTelError, method, "answer is not JSON", http_status=http_status)
+        data = answer.get("data")
+        if answer.get("status") != "success" or not isinstance(data, dict):
+            raise _failure(NewTelError, method, "unexpected answer shape", message=message)
+        if data.get("result") != "success":
+            data_message = data.get("message")
+            data_message = data_message if isinstance(data_message, str) else None
+            raise _failure(NewTelError, method, "method error", message=data_message)
+        return data

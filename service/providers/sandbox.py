@@ -1,0 +1,88 @@
+"""The sandbox provider: places no call, logs the code once, keeps it for /v1/sandbox/calls."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import structlog
+
+from service.phones import mask
+from service.providers.base import PlacedCall
+
+log = structlog.get_logger("service.sandbox")
+
+_CALLS_PER_PHONE = 20
+_PHONES = 10_000
+
+
+@dataclass(slots=True)
+class SandboxCall:
+    call_id: str
+    phone: str
+    channel: str
+    code: str
+    placed_at: float
+    text: str | None = None
+    caller: str | None = None
+    verification_id: str | None = None
+    client: str | None = None
+
+
+class SandboxProvider:
+    """An in-process stand-in for New-Tel; bounded so a long-running sandbox cannot grow."""
+
+    name = "sandbox"
+
+    def __init__(self, code_length: int) -> None:
+        self.code_length = code_length
+        self._by_phone: OrderedDict[str, deque[SandboxCall]] = OrderedDict()
+        self._by_id: dict[str, SandboxCall] = {}
+
+    def _code(self) -> str:
+        return "".join(secrets.choice("0123456789") for _ in range(self.code_length))
+
+    def _place(self, phone: str, channel: str, code: str, **extra: str) -> PlacedCall:
+        call = SandboxCall(
+            f"sandbox-{secrets.token_hex(8)}", phone, channel, code, time.time(), **extra
+        )
+        calls = self._by_phone.setdefault(phone, deque(maxlen=_CALLS_PER_PHONE))
+        self._by_phone.move_to_end(phone)
+        if len(calls) == calls.maxlen:
+            self._by_id.pop(calls[0].call_id, None)
+        calls.append(call)
+        self._by_id[call.call_id] = call
+        while len(self._by_phone) > _PHONES:
+            _, dropped = self._by_phone.popitem(last=False)
+            for old in dropped:
+                self._by_id.pop(old.call_id, None)
+        # The one place a code may be logged: the sandbox exists so integrators can read it.
+        log.info("sandbox call placed", phone=mask(phone), channel=channel, code=code)
+        return PlacedCall(call_id=call.call_id, code=code)
+
+    async def flash_call(self, phone: str, pin: str) -> PlacedCall:
+        code = self._code()
+        # Shown as New-Tel's pool numbers look: the last digits of the caller are the code.
+        caller = "7495" + "0" * (7 - len(code)) + code
+        return self._place(phone, "flash_call", code, caller=caller)
+
+    async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
+        return self._place(phone, "voice_call", code, text=text)
+
+    async def call_status(self, call_id: str) -> str | None:
+        return None
+
+    def attach(self, call_id: str, verification_id: str, client: str) -> None:
+        """Tie a placed call to its verification and client, for the sandbox listing."""
+        call = self._by_id.get(call_id)
+        if call is not None:
+            call.verification_id, call.client = verification_id, client
+
+    def calls(self, phone: str, client: str) -> list[SandboxCall]:
+        """The client's calls to `phone`, newest first."""
+        return [c for c in reversed(self._by_phone.get(phone, ())) if c.client == client]
+
+    async def close(self) -> None:
+        return None

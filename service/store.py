@@ -1,0 +1,369 @@
+"""Redis adapter: every state change is one Lua script with its TTL inside it.
+
+Key shapes (P = CALLAUTH_KEY_PREFIX, T = 16 hex of HMAC(secret, phone), the phone's hash
+tag, so that one verification's keys and its phone's limits live in one Cluster slot):
+
+    P{T}:v:<rand>       hash    a verification; id = "vf_" + T + <rand>    TTL: code TTL
+    P{T}:c:<client>     string  the client's pending verification id       TTL: code TTL
+    P{T}:cd             string  resend cooldown for the phone              TTL: cooldown
+    P{T}:w              zset    calls to the phone (sliding window)        TTL: window
+    P{ip:<H>}           zset    starts from one end-user IP (H = HMAC)     TTL: window
+    P{cl:<client>}      zset    calls paid by one client                   TTL: window
+    P{idem:<client>}:<H> string an Idempotency-Key's first answer          TTL: code TTL
+
+Limits are sliding-window logs (one zset member per call) rather than GCRA or fixed windows:
+they are exact at the window's edge, say precisely when the oldest call leaves the window
+(Retry-After), and a call that New-Tel refused is given back by removing its member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+from service.errors import NotFound, RateLimited, StoreUnavailable
+from service.settings import Limit, Settings
+
+Record = dict[str, str]
+
+_ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
+
+
+def _script(name: str) -> str:
+    return resources.files("service").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a start took from the limits, to give back if the call is not placed."""
+
+    tag: str
+    member: str
+    id: str
+    is_new: bool
+    ip_key: str | None
+    client_key: str | None
+
+
+class Store:
+    """Verification state and limits in Redis (or fakeredis, through the same scripts)."""
+
+    def __init__(self, redis: Any, *, prefix: str, secret: bytes) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._secret = secret
+        self._scripts = {
+            name: redis.register_script(_script(name))
+            for name in ("reserve", "window", "release", "commit", "check", "cancel", "call_status")
+        }
+
+    # Keys -------------------------------------------------------------------------------
+
+    def phone_tag(self, phone: str) -> str:
+        return hmac.new(self._secret, b"phone:" + phone.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def new_id(self, tag: str) -> str:
+        return f"vf_{tag}{secrets.token_urlsafe(12)}"
+
+    def _vkey(self, verification_id: str) -> str:
+        match = _ID.match(verification_id)
+        if not match:
+            raise NotFound("no such verification")
+        return f"{self.prefix}{{{match[1]}}}:v:{match[2]}"
+
+    def _tagged(self, tag: str, suffix: str) -> str:
+        return f"{self.prefix}{{{tag}}}:{suffix}"
+
+    def _ip_key(self, ip: str) -> str:
+        digest = hmac.new(self._secret, b"ip:" + ip.encode(), hashlib.sha256).hexdigest()[:24]
+        return f"{self.prefix}{{ip:{digest}}}"
+
+    def _idem_key(self, client: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.prefix}{{idem:{client}}}:{digest}"
+
+    # Calls ------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        tag: str,
+        client: str,
+        verification_id: str | None,
+        now_ms: int,
+        cooldown_ms: int,
+        phone_limit: Limit,
+        max_sends: int,
+        ip: str | None,
+        ip_limit: Limit,
+        client_limit: Limit | None,
+    ) -> Reservation:
+        """Take a call from every limit that applies, or take nothing and raise RateLimited."""
+        member = secrets.token_hex(8)
+        windows: list[tuple[str, Limit]] = []
+        if ip:
+            windows.append((self._ip_key(ip), ip_limit))
+        if client_limit is not None:
+            windows.append((f"{self.prefix}{{cl:{client}}}", client_limit))
+        vkey = self._vkey(verification_id) if verification_id else ""
+        phone_call = self._scripts["reserve"](
+            keys=[
+                self._tagged(tag, "cd"),
+                self._tagged(tag, "w"),
+                self._tagged(tag, f"c:{client}"),
+                vkey,
+            ],
+            args=[
+                now_ms,
+                cooldown_ms,
+                phone_limit.count,
+                phone_limit.window_s * 1000,
+                member,
+                max_sends,
+                client,
+                self._tagged(tag, "v:"),
+            ],
+        )
+        window_calls = [
+            self._scripts["window"](
+                keys=[key], args=[now_ms, limit.window_s * 1000, limit.count, member]
+            )
+            for key, limit in windows
+        ]
+        with _unavailable():
+            # Independent keys (different slots on a Cluster): one round trip, several scripts.
+            phone, *waits = await asyncio.gather(phone_call, *window_calls)
+        outcome, value = phone[0], phone[1]
+        is_new = outcome == "ok" and not value
+        reservation = Reservation(
+            tag=tag,
+            member=member,
+            id=self.new_id(tag) if is_new else str(value or verification_id or ""),
+            is_new=is_new,
+            ip_key=windows[0][0] if ip else None,
+            client_key=windows[-1][0] if client_limit is not None else None,
+        )
+        refused = [int(w) for w in waits if int(w) > 0]
+        if outcome == "ok" and not refused:
+            return reservation
+        await self._give_back(reservation, took_phone=outcome == "ok", took_windows=waits)
+        if outcome == "not_found":
+            raise NotFound("no such verification")
+        if outcome == "max_sends":
+            raise RateLimited(
+                "this verification has used all its calls",
+                retry_after=_seconds(int(value)),
+                extra={"limit": "max_sends"},
+            )
+        wait_ms = int(value) if outcome == "rate_limited" else max(refused)
+        raise RateLimited("too many calls; try again later", retry_after=_seconds(wait_ms))
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give back what a start took when its call was not placed."""
+        await self._give_back(reservation, took_phone=True, took_windows=None)
+
+    async def _give_back(
+        self, r: Reservation, *, took_phone: bool, took_windows: list[Any] | None
+    ) -> None:
+        keys = [k for k in (r.ip_key, r.client_key) if k]
+        taken = [
+            key for i, key in enumerate(keys) if took_windows is None or int(took_windows[i]) == 0
+        ]
+        calls: list[Awaitable[Any]] = [self.redis.zrem(key, r.member) for key in taken]
+        if took_phone:
+            vkey = "" if r.is_new or not r.id else self._vkey(r.id)
+            calls.append(
+                self._scripts["release"](
+                    keys=[self._tagged(r.tag, "cd"), self._tagged(r.tag, "w"), vkey],
+                    args=[r.member],
+                )
+            )
+        with _unavailable():
+            await asyncio.gather(*calls)
+
+    async def commit(
+        self,
+        reservation: Reservation,
+        *,
+        client: str,
+        phone: str,
+        channel: str,
+        code_hmac: str,
+        code_length: int,
+        call_json: str,
+        now_ms: int,
+        ttl_ms: int,
+        max_checks: int,
+        resend_at_ms: int,
+    ) -> Record:
+        """Record a placed call; raises NotFound if the verification ended meanwhile."""
+        with _unavailable():
+            flat = await self._scripts["commit"](
+                keys=[self._vkey(reservation.id), self._tagged(reservation.tag, f"c:{client}")],
+                args=[
+                    reservation.id,
+                    client,
+                    phone,
+                    channel,
+                    code_hmac,
+                    code_length,
+                    call_json,
+                    now_ms,
+                    ttl_ms,
+                    max_checks,
+                    resend_at_ms,
+                ],
+            )
+        if not flat:
+            raise NotFound("the verification ended while the call was placed")
+        return _record(flat)
+
+    # Reads and checks ---------------------------------------------------------------------
+
+    async def get(self, verification_id: str, client: str) -> Record:
+        with _unavailable():
+            rec: Record = await self.redis.hgetall(self._vkey(verification_id))
+        if not rec or rec.get("client") != client:
+            raise NotFound("no such verification")
+        return rec
+
+    async def pending_id(self, tag: str, client: str) -> str:
+        with _unavailable():
+            value = await self.redis.get(self._tagged(tag, f"c:{client}"))
+        if not value:
+            raise NotFound("no pending verification for this phone")
+        return str(value)
+
+    async def check(self, verification_id: str, client: str, code_hmac: str) -> tuple[str, Record]:
+        """Atomically compare, count and approve; returns the outcome and the record after it."""
+        with _unavailable():
+            flat = await self._scripts["check"](
+                keys=[self._vkey(verification_id)], args=[client, code_hmac]
+            )
+        if flat[0] == "not_found":
+            raise NotFound("no such verification")
+        return str(flat[0]), _record(flat[1:])
+
+    async def cancel(self, verification_id: str, client: str) -> Record:
+        with _unavailable():
+            flat = await self._scripts["cancel"](keys=[self._vkey(verification_id)], args=[client])
+        if not flat:
+            raise NotFound("no such verification")
+        return _record(flat)
+
+    async def set_call_status(
+        self, verification_id: str, index: int, status: str, now_ms: int
+    ) -> None:
+        with _unavailable():
+            await self._scripts["call_status"](
+                keys=[self._vkey(verification_id)], args=[index + 1, status, now_ms]
+            )
+
+    # Idempotency --------------------------------------------------------------------------
+
+    async def idempotency_claim(self, client: str, key: str, ttl_ms: int) -> str | None:
+        """Claim `key` for a first request (None), or return what is stored under it."""
+        with _unavailable():
+            claimed = await self.redis.set(
+                self._idem_key(client, key), "", nx=True, px=ttl_ms, get=True
+            )
+        return None if claimed is None else str(claimed)
+
+    async def idempotency_get(self, client: str, key: str) -> str | None:
+        with _unavailable():
+            value = await self.redis.get(self._idem_key(client, key))
+        return None if value is None else str(value)
+
+    async def idempotency_store(self, client: str, key: str, answer: str, ttl_ms: int) -> None:
+        with _unavailable():
+            await self.redis.set(self._idem_key(client, key), answer, px=ttl_ms, xx=True)
+
+    async def idempotency_drop(self, client: str, key: str) -> None:
+        with _unavailable():
+            await self.redis.delete(self._idem_key(client, key))
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        with _unavailable():
+            await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _record(flat: list[Any]) -> Record:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _seconds(ms: int) -> int:
+    return max(1, -(-ms // 1000))
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Any failure to reach Redis is a 503, never a 500."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable("the store did not answer") from exc
+    except redis.exceptions.RedisError as exc:
+        # Cluster reshuffles, a loading replica, a read-only failover target: all passing.
+        raise StoreUnavailable(f"the store refused: {type(exc).__name__}") from exc
+
+
+def connect(settings: Settings) -> Any:
+    """A redis-py asyncio client for CALLAUTH_REDIS_URL, or fakeredis when it is unset."""
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
+        "health_check_interval": 30,
+    }
+    url = settings.redis_url
+    if url is None:
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(decode_responses=True)
+    scheme = urlsplit(url).scheme
+    if settings.cluster:
+        url = url.replace("redis+cluster://", "redis://", 1)
+        common.pop("health_check_interval")
+        return RedisCluster.from_url(url, **common)
+    if scheme == "redis+sentinel":
+        return _sentinel(url, common)
+    return aioredis.from_url(url, **common)  # type: ignore[no-untyped-call]
+
+
+def _sentinel(url: str, common: dict[str, Any]) -> Any:
+    """`redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]`."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    nodes = []
+    for hostport in hosts.split(","):
+        host, _, port = hostport.rpartition(":")
+        nodes.append((host or hostport, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel:// URL needs a service name: /mymaster")
+    db = int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(nodes, password=parts.password, **common)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(path[0], db=db, password=parts.password)
+
+
+def new_secret() -> bytes:
+    return secrets.token_bytes(32)

@@ -1,0 +1,314 @@
+"""The verification rules: start, resend, check, cancel, status. No aiohttp, no redis here."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from service.errors import (
+    CountryNotAllowed,
+    MaxChecksReached,
+    NotFound,
+    RateLimited,
+    ServiceError,
+)
+from service.phones import mask, normalize
+from service.providers.base import Channel, PlacedCall, Provider
+from service.providers.sandbox import SandboxProvider
+from service.settings import Settings
+from service.store import Record, Reservation, Store
+
+log = structlog.get_logger("service.verification")
+
+_IDEMPOTENCY_POLL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    channel: str
+    placed_at: datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """A verification as callers see it: never the code."""
+
+    id: str
+    phone: str
+    channel: str
+    status: str
+    code_length: int
+    expires_at: datetime
+    checks_left: int
+    sends_left: int
+    resend_after: datetime
+    calls: list[Call] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    id: str
+    status: str
+    valid: bool
+    checks_left: int | None
+
+
+def _utc(ms: int | str) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+class Verifier:
+    """Applies the contract's rules over a Store and a Provider."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        provider: Provider,
+        *,
+        secret: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self.sandbox = provider if isinstance(provider, SandboxProvider) else None
+        self._secret = secret
+        self._clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _hash(self, verification_id: str, code: str) -> str:
+        message = f"{verification_id}:{code}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def view(self, rec: Record) -> Verification:
+        calls = json.loads(rec.get("calls", "[]"))
+        return Verification(
+            id=rec["id"],
+            phone=rec["phone"],
+            channel=rec["channel"],
+            status=rec["status"],
+            code_length=int(rec["code_length"]),
+            expires_at=_utc(rec["expires_at"]),
+            checks_left=int(rec["checks_left"]),
+            sends_left=max(0, self.settings.max_sends - int(rec["sends"])),
+            resend_after=_utc(rec["resend_at"]),
+            calls=[
+                Call(c["channel"], _utc(c["placed_at"]), c.get("status") or "unknown")
+                for c in calls
+            ],
+        )
+
+    # Start and resend ---------------------------------------------------------------------
+
+    async def start(
+        self,
+        client: str,
+        raw_phone: str,
+        channel: Channel,
+        ip: str | None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Verification, bool]:
+        """Place a call; returns the verification and whether it is new (201) or a resend."""
+        phone = normalize(raw_phone)
+        if phone.region not in self.settings.allowed_countries:
+            raise CountryNotAllowed(f"numbers of region {phone.region or '??'} are not served")
+        if idempotency_key is None:
+            return await self._send(client, phone.e164_digits, channel, ip, None)
+        ttl_ms = self.settings.code_ttl_s * 1000
+        replay = await self._idempotent_replay(client, idempotency_key, ttl_ms)
+        if replay is not None:
+            return replay
+        try:
+            verification, created = await self._send(client, phone.e164_digits, channel, ip, None)
+        except BaseException:
+            await asyncio.shield(self._forget(client, idempotency_key))
+            raise
+        answer = json.dumps({"id": verification.id, "created": created})
+        await self.store.idempotency_store(client, idempotency_key, answer, ttl_ms)
+        return verification, created
+
+    async def _idempotent_replay(
+        self, client: str, key: str, ttl_ms: int
+    ) -> tuple[Verification, bool] | None:
+        """The first answer for `key`, waiting while a racing first request is in flight."""
+        deadline = self._clock() + self.settings.newtel_timeout_s + 1
+        while True:
+            stored = await self.store.idempotency_claim(client, key, ttl_ms)
+            if stored is None:
+                return None
+            if stored:
+                first = json.loads(stored)
+                rec = await self.store.get(first["id"], client)
+                return self.view(rec), bool(first["created"])
+            if self._clock() > deadline:
+                raise RateLimited(
+                    "a request with this Idempotency-Key is in progress", retry_after=1
+                )
+            await asyncio.sleep(_IDEMPOTENCY_POLL_S)
+
+    async def _forget(self, client: str, key: str) -> None:
+        try:
+            await self.store.idempotency_drop(client, key)
+        except ServiceError:
+            log.warning("idempotency key not released", client=client)
+
+    async def resend(
+        self, client: str, verification_id: str, channel: Channel | None
+    ) -> Verification:
+        rec = await self.store.get(verification_id, client)
+        if rec["status"] != "pending":
+            raise NotFound("the verification is no longer pending")
+        chosen: Channel = channel or (
+            "voice_call" if rec["channel"] == "voice_call" else "flash_call"
+        )
+        verification, _ = await self._send(client, rec["phone"], chosen, None, verification_id)
+        return verification
+
+    async def _send(
+        self,
+        client: str,
+        phone: str,
+        channel: Channel,
+        ip: str | None,
+        verification_id: str | None,
+    ) -> tuple[Verification, bool]:
+        s = self.settings
+        test_code = s.test_numbers.get(phone)
+        now_ms = self._now_ms()
+        reservation = await self.store.reserve(
+            tag=self.store.phone_tag(phone),
+            client=client,
+            verification_id=verification_id,
+            now_ms=now_ms,
+            cooldown_ms=s.resend_cooldown_s * 1000,
+            phone_limit=s.phone_limit,
+            max_sends=s.max_sends,
+            ip=ip,
+            ip_limit=s.ip_limit,
+            # Test numbers place no call, so they cost nothing against the client's budget.
+            client_limit=None if test_code else s.client_limit,
+        )
+        try:
+            placed = await self._place(phone, channel, test_code)
+        except BaseException:
+            await asyncio.shield(self._release(reservation))
+            raise
+        return await self._commit(client, phone, channel, reservation, placed, now_ms)
+
+    async def _place(self, phone: str, channel: Channel, test_code: str | None) -> PlacedCall:
+        if test_code is not None:
+            return PlacedCall(call_id="", code=test_code)
+        if channel == "voice_call":
+            code = "".join(secrets.choice("0123456789") for _ in range(self.settings.code_length))
+            text = self.settings.voice_text.replace("{code}", " ".join(code))
+            return await self.provider.voice_call(phone, code, text)
+        return await self.provider.flash_call(phone, f"{secrets.randbelow(100_000):05d}")
+
+    async def _release(self, reservation: Reservation) -> None:
+        try:
+            await self.store.release(reservation)
+        except ServiceError:
+            log.error("limits not given back after a failed call", verification_id=reservation.id)
+
+    async def _commit(
+        self,
+        client: str,
+        phone: str,
+        channel: Channel,
+        reservation: Reservation,
+        placed: PlacedCall,
+        now_ms: int,
+    ) -> tuple[Verification, bool]:
+        s = self.settings
+        call = {"channel": channel, "placed_at": now_ms, "call_id": placed.call_id}
+        rec = await self.store.commit(
+            reservation,
+            client=client,
+            phone=phone,
+            channel=channel,
+            code_hmac=self._hash(reservation.id, placed.code),
+            code_length=len(placed.code),
+            call_json=json.dumps(call, separators=(",", ":")),
+            now_ms=now_ms,
+            ttl_ms=s.code_ttl_s * 1000,
+            max_checks=s.max_checks,
+            resend_at_ms=now_ms + s.resend_cooldown_s * 1000,
+        )
+        if self.sandbox is not None:
+            self.sandbox.attach(placed.call_id, reservation.id, client)
+        log.info(
+            "call placed",
+            verification_id=reservation.id,
+            phone=mask(phone),
+            channel=channel,
+            resend=not reservation.is_new,
+            test_number=not placed.call_id,
+        )
+        return self.view(rec), reservation.is_new
+
+    # Check, read, cancel ------------------------------------------------------------------
+
+    async def check(self, client: str, verification_id: str, code: str) -> CheckResult:
+        outcome, rec = await self.store.check(
+            verification_id, client, self._hash(verification_id, code)
+        )
+        log.info("code checked", verification_id=verification_id, outcome=outcome)
+        if outcome == "max_checks":
+            raise MaxChecksReached("too many wrong codes; start a new verification")
+        checks_left = None if outcome in ("approved", "spent") else int(rec["checks_left"])
+        return CheckResult(rec["id"], rec["status"], outcome == "approved", checks_left)
+
+    async def check_by_phone(self, client: str, raw_phone: str, code: str) -> CheckResult:
+        phone = normalize(raw_phone).e164_digits
+        verification_id = await self.store.pending_id(self.store.phone_tag(phone), client)
+        return await self.check(client, verification_id, code)
+
+    async def cancel(self, client: str, verification_id: str) -> Verification:
+        rec = await self.store.cancel(verification_id, client)
+        log.info("verification canceled", verification_id=verification_id)
+        return self.view(rec)
+
+    async def get(self, client: str, verification_id: str) -> Verification:
+        rec = await self.store.get(verification_id, client)
+        if rec["status"] == "pending":
+            rec = await self._refresh_calls(client, rec)
+        return self.view(rec)
+
+    async def _refresh_calls(self, client: str, rec: Record) -> Record:
+        """Ask New-Tel for calls whose outcome is unknown, at most once per refresh period."""
+        now_ms = self._now_ms()
+        due = [
+            (i, c)
+            for i, c in enumerate(json.loads(rec.get("calls", "[]")))
+            if c.get("call_id")
+            and not c.get("status")
+            and now_ms - int(c.get("checked_at", 0)) >= self.settings.status_refresh_s * 1000
+        ]
+        if not due:
+            return rec
+        statuses = await asyncio.gather(
+            *(self.provider.call_status(c["call_id"]) for _, c in due), return_exceptions=True
+        )
+        for (index, _), status in zip(due, statuses, strict=True):
+            if isinstance(status, BaseException):
+                log.info(
+                    "call status unavailable",
+                    verification_id=rec["id"],
+                    error=type(status).__name__,
+                )
+                status = None
+            await self.store.set_call_status(rec["id"], index, status or "", now_ms)
+        return await self.store.get(rec["id"], client)
