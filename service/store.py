@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,8 +43,11 @@ Record = dict[str, str]
 _ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
 
 
+_LUA = Path(__file__).with_name("lua")
+
+
 def _script(name: str) -> str:
-    return resources.files("service").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return (_LUA / f"{name}.lua").read_text("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +237,10 @@ class Store:
 
     # Reads and checks ---------------------------------------------------------------------
 
-    async def get(self, verification_id: str, client: str) -> Record:
+    async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
         with _unavailable():
             rec: Record = await self.redis.hgetall(self._vkey(verification_id))
-        if not rec or rec.get("client") != client:
+        if not rec or rec.get("client") != client or int(rec["expires_at"]) <= now_ms:
             raise NotFound("no such verification")
         return rec
 
@@ -248,11 +251,13 @@ class Store:
             raise NotFound("no pending verification for this phone")
         return str(value)
 
-    async def check(self, verification_id: str, client: str, code_hmac: str) -> tuple[str, Record]:
+    async def check(
+        self, verification_id: str, client: str, code_hmac: str, now_ms: int
+    ) -> tuple[str, Record]:
         """Atomically compare, count and approve; returns the outcome and the record after it."""
         with _unavailable():
             flat = await self._scripts["check"](
-                keys=[self._vkey(verification_id)], args=[client, code_hmac]
+                keys=[self._vkey(verification_id)], args=[client, code_hmac, now_ms]
             )
         if flat[0] == "not_found":
             raise NotFound("no such verification")

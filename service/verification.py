@@ -151,7 +151,7 @@ class Verifier:
                 return None
             if stored:
                 first = json.loads(stored)
-                rec = await self.store.get(first["id"], client)
+                rec = await self.store.get(first["id"], client, self._now_ms())
                 return self.view(rec), bool(first["created"])
             if self._clock() > deadline:
                 raise RateLimited(
@@ -168,7 +168,7 @@ class Verifier:
     async def resend(
         self, client: str, verification_id: str, channel: Channel | None
     ) -> Verification:
-        rec = await self.store.get(verification_id, client)
+        rec = await self.store.get(verification_id, client, self._now_ms())
         if rec["status"] != "pending":
             raise NotFound("the verification is no longer pending")
         chosen: Channel = channel or (
@@ -263,7 +263,7 @@ class Verifier:
 
     async def check(self, client: str, verification_id: str, code: str) -> CheckResult:
         outcome, rec = await self.store.check(
-            verification_id, client, self._hash(verification_id, code)
+            verification_id, client, self._hash(verification_id, code), self._now_ms()
         )
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
@@ -282,7 +282,7 @@ class Verifier:
         return self.view(rec)
 
     async def get(self, client: str, verification_id: str) -> Verification:
-        rec = await self.store.get(verification_id, client)
+        rec = await self.store.get(verification_id, client, self._now_ms())
         if rec["status"] == "pending":
             rec = await self._refresh_calls(client, rec)
         return self.view(rec)
@@ -311,4 +311,4 @@ class Verifier:
                 )
                 status = None
             await self.store.set_call_status(rec["id"], index, status or "", now_ms)
-        return await self.store.get(rec["id"], client)
+        return await self.store.get(rec["id"], client, now_ms)

@@ -1,9 +1,10 @@
 -- Check a code: compare keyed hashes in constant time, count a wrong try, approve once.
--- KEYS[1] verification. ARGV: client, code_hmac
+-- KEYS[1] verification. ARGV: client, code_hmac, now_ms
 -- Returns {outcome, record...}: outcome is 'approved', 'wrong', 'spent' (a check of a
 -- verification that is no longer pending), 'max_checks', or 'not_found' (no record).
-local rec = redis.call('HMGET', KEYS[1], 'client', 'status', 'code', 'checks_left')
-if rec[1] ~= ARGV[1] then
+local rec = redis.call('HMGET', KEYS[1], 'client', 'status', 'code', 'checks_left', 'expires_at')
+-- Expiry follows the caller's clock too; the key's TTL (the same instant) collects it.
+if rec[1] ~= ARGV[1] or tonumber(rec[5]) <= tonumber(ARGV[3]) then
   return {'not_found'}
 end
 local function answer(outcome)

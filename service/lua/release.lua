@@ -1,7 +1,8 @@
 -- Give back what reserve.lua took for a call that was not placed.
 -- KEYS[1] cooldown   KEYS[2] phone window   KEYS[3] verification or ''
 -- ARGV: member
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local cd = redis.call('GET', KEYS[1])
+if cd and string.match(cd, ' (.*)$') == ARGV[1] then
   redis.call('DEL', KEYS[1])
 end
 redis.call('ZREM', KEYS[2], ARGV[1])

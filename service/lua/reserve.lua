@@ -31,9 +31,14 @@ if vkey ~= '' then
   end
 end
 
-local cd_ttl = redis.call('PTTL', KEYS[1])
-if cd_ttl > 0 then
-  return {'rate_limited', cd_ttl}
+-- The cooldown holds "<until_ms> <member>", so it follows the caller's clock; its TTL only
+-- collects it.
+local cd = redis.call('GET', KEYS[1])
+if cd then
+  local wait = tonumber(string.match(cd, '^%d+')) - now
+  if wait > 0 then
+    return {'rate_limited', wait}
+  end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 if redis.call('ZCARD', KEYS[2]) >= limit then
@@ -42,7 +47,7 @@ if redis.call('ZCARD', KEYS[2]) >= limit then
 end
 
 if cooldown > 0 then
-  redis.call('SET', KEYS[1], ARGV[5], 'PX', cooldown)
+  redis.call('SET', KEYS[1], (now + cooldown) .. ' ' .. ARGV[5], 'PX', cooldown)
 end
 redis.call('ZADD', KEYS[2], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], window)

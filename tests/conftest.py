@@ -1,0 +1,160 @@
+"""Fixtures: the real Redis and the embedded store, a fake clock, the fake New-Tel, the app."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+from aiohttp.test_utils import TestClient
+from fake_newtel import FakeNewTel
+
+from service import logs
+from service.app import create_app
+from service.settings import Settings
+
+REDIS_URL = os.environ.get("CALLAUTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+RUN_ID = uuid.uuid4().hex[:12]
+SECRET = "test-secret-0123456789"
+
+
+class Clock:
+    """An injected clock that starts at real time and moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Backend:
+    """One store under test: a redis-py asyncio client and the key prefix owned by this test."""
+
+    name: str
+    redis: Any
+    prefix: str
+    keys_seen: set[str] = field(default_factory=set)
+
+    async def keys(self) -> list[str]:
+        return [k async for k in self.redis.scan_iter(match=self.prefix + "*", count=500)]
+
+
+async def _real_redis() -> Any:
+    client = aioredis.from_url(REDIS_URL, decode_responses=True, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (redis.exceptions.ConnectionError, OSError) as exc:
+        await client.aclose()
+        message = f"Redis at {REDIS_URL} is not reachable: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing Redis fails the run)")
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture(params=["redis", "embedded"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Every test that uses the store runs on the real Redis and on fakeredis."""
+    prefix = f"callauth-test:{RUN_ID}:{uuid.uuid4().hex[:8]}:"
+    if request.param == "redis":
+        client = await _real_redis()
+    else:
+        client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    yield Backend(request.param, client, prefix)
+    # Only this test's own keys, never FLUSHDB: the Redis is shared.
+    keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_settings(prefix: str = "callauth-test:", **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "key_prefix": prefix,
+        "secret": SECRET,
+        "log_format": "json",
+        "allowed_countries": "RU,KZ",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def fake_newtel(aiohttp_server: Any) -> AsyncIterator[FakeNewTel]:
+    fake = FakeNewTel(access_key="AK-test-access-0001", signature_key="SK-test-signature-0001")
+    server = await aiohttp_server(fake.app())
+    fake.base_url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    yield fake
+
+
+AppFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def make_app(
+    aiohttp_client: Any, backend: Backend, clock: Clock, fake_newtel: FakeNewTel
+) -> AppFactory:
+    """Start the service on `backend`; `newtel=True` points it at the fake New-Tel."""
+
+    async def make(*, newtel: bool = False, **overrides: Any) -> TestClient[Any, Any]:
+        if newtel:
+            overrides = {
+                "provider": "newtel",
+                "newtel_base_url": fake_newtel.base_url,  # type: ignore[attr-defined]
+                "newtel_access_key": fake_newtel.access_key,
+                "newtel_signature_key": fake_newtel.signature_key,
+                "api_keys": "dev:dev,other:other-key",
+                **overrides,
+            }
+        settings = make_settings(backend.prefix, **overrides)
+        app = create_app(settings, clock=clock, redis=backend.redis)
+        return await aiohttp_client(app)  # type: ignore[no-any-return]
+
+    return make
+
+
+class LogCapture:
+    """The JSON lines the service writes, rendered and redacted exactly as in production."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.buffer.getvalue().splitlines()]
+
+    def text(self) -> str:
+        return self.buffer.getvalue()
+
+
+@pytest.fixture
+def service_logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    logs.configure("debug", "json", stream=capture.buffer, cache=False)
+    yield capture
+    structlog.reset_defaults()
+
+
+AUTH = {"Authorization": "Bearer dev"}
+OTHER = {"Authorization": "Bearer other-key"}
+PHONE = "79035675124"
