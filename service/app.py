@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from service import api, openapi
+from service.breaker import CircuitBreaker, GuardedProvider
 from service.errors import (
     MethodNotAllowed,
     NotFound,
@@ -19,6 +22,8 @@ from service.errors import (
     UnsupportedMediaType,
     problem,
 )
+from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.monitor import BalanceMonitor
 from service.providers.base import Provider
 from service.providers.newtel import NewTelClient
 from service.providers.sandbox import SandboxProvider
@@ -29,7 +34,11 @@ from service.verification import Verifier
 log = structlog.get_logger("service.http")
 
 MAX_BODY = 4096
+_READY_TIMEOUT_S = 2.0
 STORE = web.AppKey("store", Store)
+METRICS = web.AppKey("metrics", Metrics)
+BREAKER: web.AppKey[CircuitBreaker | None] = web.AppKey("breaker")
+MONITOR: web.AppKey[BalanceMonitor | None] = web.AppKey("monitor")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -91,21 +100,33 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """503 when Redis does not answer or the New-Tel circuit is open; `degraded` stays 200."""
     checks: dict[str, Any] = {}
     try:
-        await request.app[STORE].ping()
+        await asyncio.wait_for(request.app[STORE].ping(), _READY_TIMEOUT_S)
         checks["store"] = "ok"
-    except ServiceError:
+    except (ServiceError, TimeoutError):
         checks["store"] = "unavailable"
-    ok = all(v == "ok" for v in checks.values())
-    return api.json_response(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+    breaker = request.app[BREAKER]
+    if breaker is not None:
+        checks["newtel_circuit"] = breaker.state
+    ok = checks["store"] == "ok" and checks.get("newtel_circuit", "closed") != "open"
+    body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
+    monitor = request.app[MONITOR]
+    if ok and monitor is not None and monitor.degraded():
+        body["status"] = "degraded"
+        body["degraded"] = monitor.degraded()
+    headers = None if ok else {"Retry-After": "5"}
+    return api.json_response(body, 200 if ok else 503, headers)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
 
 
-def _provider(settings: Settings) -> Provider:
-    if settings.provider_name == "sandbox":
-        return SandboxProvider(settings.code_length)
+def _newtel(settings: Settings) -> NewTelClient:
     access, signature = settings.newtel_access_key, settings.newtel_signature_key
     if access is None or signature is None:  # Settings refuse this; kept for the type checker
         raise ValueError("New-Tel keys are missing")
@@ -127,6 +148,9 @@ def create_app(
     """Build the application; resources open and close with it (cleanup_ctx)."""
     app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
     app[api.SETTINGS] = settings
+    metrics = app[METRICS] = Metrics()
+    app[BREAKER] = None
+    app[MONITOR] = None
     app[api.API_KEYS] = api.api_key_digests(settings)
 
     if settings.secret is None:
@@ -145,11 +169,28 @@ def create_app(
             prefix=settings.key_prefix,
             secret=secret,
         )
-        provider = _provider(settings)
+        provider: Provider
+        monitor_task = None
+        if settings.provider_name == "sandbox":
+            provider = SandboxProvider(settings.code_length)
+        else:
+            newtel = _newtel(settings)
+            breaker = app[BREAKER] = CircuitBreaker(
+                settings.breaker_failures, settings.breaker_reset_s, metrics
+            )
+            provider = GuardedProvider(newtel, breaker, metrics)
+            monitor = app[MONITOR] = BalanceMonitor(
+                newtel, metrics, settings.balance_check_s, settings.balance_min
+            )
+            monitor_task = asyncio.create_task(monitor.run(), name="balance-monitor")
         app[STORE] = store
         app[api.VERIFIER] = Verifier(settings, store, provider, secret=secret, clock=clock)
         log.info("started", provider=provider.name, cluster=settings.cluster)
         yield
+        if monitor_task is not None:
+            monitor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor_task
         await provider.close()
         if redis is None:
             await store.close()
@@ -157,5 +198,6 @@ def create_app(
     app.cleanup_ctx.append(resources)
     api.add_routes(app, sandbox=settings.provider_name == "sandbox")
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi.handler)
     return app

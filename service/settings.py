@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     balance_check_s: float = Field(60.0, gt=0)
     balance_min: float | None = None
     status_refresh_s: float = Field(5.0, ge=0)
+    breaker_failures: int = Field(5, ge=1, le=1000)
+    breaker_reset_s: float = Field(30.0, gt=0, le=3600)
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("phone_limit", "ip_limit", "client_limit", mode="before")

@@ -1,0 +1,84 @@
+"""prometheus-client collectors, one registry per app. Labels never carry a phone, code or key."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every family the service exports."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.verifications = Counter(
+            "callauth_verifications_total",
+            "Verification starts and resends, by channel and result",
+            ["client", "channel", "kind", "result"],
+            registry=r,
+        )
+        self.checks = Counter(
+            "callauth_checks_total",
+            "Code checks by outcome (approved, wrong, spent, max_checks, not_found)",
+            ["client", "outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "callauth_rate_limited_total",
+            "Starts refused by a limit",
+            ["limit"],
+            registry=r,
+        )
+        self.newtel_latency = Histogram(
+            "callauth_newtel_request_seconds",
+            "New-Tel request latency by method",
+            ["method"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.newtel_errors = Counter(
+            "callauth_newtel_errors_total",
+            "New-Tel failures by method and New-Tel's message (or the failure's kind)",
+            ["method", "message"],
+            registry=r,
+        )
+        self.store_latency = Histogram(
+            "callauth_store_seconds",
+            "Store operation latency",
+            ["op"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "callauth_newtel_circuit_state",
+            "New-Tel circuit: 0 closed, 1 half-open, 2 open",
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "callauth_newtel_circuit_transitions_total",
+            "Circuit transitions by target state",
+            ["state"],
+            registry=r,
+        )
+        self.balance = Gauge(
+            "callauth_newtel_balance", "New-Tel account balance", ["currency"], registry=r
+        )
+        self.account_status = Gauge(
+            "callauth_newtel_account_status",
+            "New-Tel account status (1 for the current one)",
+            ["status"],
+            registry=r,
+        )
+        self.balance_checked = Gauge(
+            "callauth_newtel_balance_checked_timestamp_seconds",
+            "When the balance was last read",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
