@@ -168,6 +168,7 @@ def create_app(
             redis if redis is not None else connect(settings),
             prefix=settings.key_prefix,
             secret=secret,
+            metrics=metrics,
         )
         provider: Provider
         monitor_task = None
@@ -184,7 +185,9 @@ def create_app(
             )
             monitor_task = asyncio.create_task(monitor.run(), name="balance-monitor")
         app[STORE] = store
-        app[api.VERIFIER] = Verifier(settings, store, provider, secret=secret, clock=clock)
+        app[api.VERIFIER] = Verifier(
+            settings, store, provider, secret=secret, clock=clock, metrics=metrics
+        )
         log.info("started", provider=provider.name, cluster=settings.cluster)
         yield
         if monitor_task is not None:

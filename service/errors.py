@@ -72,6 +72,10 @@ class NumberUnreachable(ServiceError):
 class RateLimited(ServiceError):
     status, code, title = 429, "rate_limited", "Rate limited"
 
+    def __init__(self, detail: str, *, retry_after: int, limit: str = "other") -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.limit = limit  # which limit refused: for metrics, not for the body
+
 
 class ProviderError(ServiceError):
     status, code, title = 502, "provider_error", "Telephony provider error"

@@ -105,7 +105,7 @@ async def fake_newtel(aiohttp_server: Any) -> AsyncIterator[FakeNewTel]:
     fake = FakeNewTel(access_key="AK-test-access-0001", signature_key="SK-test-signature-0001")
     server = await aiohttp_server(fake.app())
     fake.base_url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    yield fake
+    return fake
 
 
 AppFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
