@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from service.errors import NotFound, RateLimited, StoreUnavailable
+from service.metrics import Metrics
 from service.settings import Limit, Settings
 
 Record = dict[str, str]
@@ -65,14 +67,27 @@ class Reservation:
 class Store:
     """Verification state and limits in Redis (or fakeredis, through the same scripts)."""
 
-    def __init__(self, redis: Any, *, prefix: str, secret: bytes) -> None:
+    def __init__(
+        self, redis: Any, *, prefix: str, secret: bytes, metrics: Metrics | None = None
+    ) -> None:
         self.redis = redis
+        self._latency = (metrics or Metrics()).store_latency
         self.prefix = prefix
         self._secret = secret
         self._scripts = {
             name: redis.register_script(_script(name))
             for name in ("reserve", "window", "release", "commit", "check", "cancel", "call_status")
         }
+
+    @contextmanager
+    def _op(self, name: str) -> Iterator[None]:
+        """Time one store operation; any failure to reach Redis is a 503, never a 500."""
+        started = time.perf_counter()
+        try:
+            with _unavailable():
+                yield
+        finally:
+            self._latency.labels(name).observe(time.perf_counter() - started)
 
     # Keys -------------------------------------------------------------------------------
 
@@ -147,7 +162,7 @@ class Store:
             )
             for key, limit in windows
         ]
-        with _unavailable():
+        with self._op("reserve"):
             # Independent keys (different slots on a Cluster): one round trip, several scripts.
             phone, *waits = await asyncio.gather(phone_call, *window_calls)
         outcome, value = phone[0], phone[1]
@@ -160,8 +175,7 @@ class Store:
             ip_key=windows[0][0] if ip else None,
             client_key=windows[-1][0] if client_limit is not None else None,
         )
-        refused = [int(w) for w in waits if int(w) > 0]
-        if outcome == "ok" and not refused:
+        if outcome == "ok" and not any(int(w) > 0 for w in waits):
             return reservation
         await self._give_back(reservation, took_phone=outcome == "ok", took_windows=waits)
         if outcome == "not_found":
@@ -170,10 +184,16 @@ class Store:
             raise RateLimited(
                 "this verification has used all its calls",
                 retry_after=_seconds(int(value)),
-                extra={"limit": "max_sends"},
+                limit="max_sends",
             )
-        wait_ms = int(value) if outcome == "rate_limited" else max(refused)
-        raise RateLimited("too many calls; try again later", retry_after=_seconds(wait_ms))
+        if outcome == "rate_limited":
+            wait_ms, limit = int(value), str(phone[2])
+        else:
+            wait_ms, at = max((w, i) for i, w in enumerate(int(w) for w in waits))
+            limit = "ip" if ip and at == 0 else "client"
+        raise RateLimited(
+            "too many calls; try again later", retry_after=_seconds(wait_ms), limit=limit
+        )
 
     async def release(self, reservation: Reservation) -> None:
         """Give back what a start took when its call was not placed."""
@@ -195,7 +215,7 @@ class Store:
                     args=[r.member],
                 )
             )
-        with _unavailable():
+        with self._op("release"):
             await asyncio.gather(*calls)
 
     async def commit(
@@ -214,7 +234,7 @@ class Store:
         resend_at_ms: int,
     ) -> Record:
         """Record a placed call; raises NotFound if the verification ended meanwhile."""
-        with _unavailable():
+        with self._op("commit"):
             flat = await self._scripts["commit"](
                 keys=[self._vkey(reservation.id), self._tagged(reservation.tag, f"c:{client}")],
                 args=[
@@ -238,24 +258,24 @@ class Store:
     # Reads and checks ---------------------------------------------------------------------
 
     async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
-        with _unavailable():
+        with self._op("get"):
             rec: Record = await self.redis.hgetall(self._vkey(verification_id))
         if not rec or rec.get("client") != client or int(rec["expires_at"]) <= now_ms:
             raise NotFound("no such verification")
         return rec
 
     async def pending_id(self, tag: str, client: str) -> str:
-        with _unavailable():
+        with self._op("get"):
             value = await self.redis.get(self._tagged(tag, f"c:{client}"))
         if not value:
-            raise NotFound("no pending verification for this phone")
+            raise NotFound("no such verification")
         return str(value)
 
     async def check(
         self, verification_id: str, client: str, code_hmac: str, now_ms: int
     ) -> tuple[str, Record]:
         """Atomically compare, count and approve; returns the outcome and the record after it."""
-        with _unavailable():
+        with self._op("check"):
             flat = await self._scripts["check"](
                 keys=[self._vkey(verification_id)], args=[client, code_hmac, now_ms]
             )
@@ -263,9 +283,11 @@ class Store:
             raise NotFound("no such verification")
         return str(flat[0]), _record(flat[1:])
 
-    async def cancel(self, verification_id: str, client: str) -> Record:
-        with _unavailable():
-            flat = await self._scripts["cancel"](keys=[self._vkey(verification_id)], args=[client])
+    async def cancel(self, verification_id: str, client: str, now_ms: int) -> Record:
+        with self._op("cancel"):
+            flat = await self._scripts["cancel"](
+                keys=[self._vkey(verification_id)], args=[client, now_ms]
+            )
         if not flat:
             raise NotFound("no such verification")
         return _record(flat)
@@ -273,7 +295,7 @@ class Store:
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int
     ) -> None:
-        with _unavailable():
+        with self._op("call_status"):
             await self._scripts["call_status"](
                 keys=[self._vkey(verification_id)], args=[index + 1, status, now_ms]
             )
@@ -282,29 +304,29 @@ class Store:
 
     async def idempotency_claim(self, client: str, key: str, ttl_ms: int) -> str | None:
         """Claim `key` for a first request (None), or return what is stored under it."""
-        with _unavailable():
+        with self._op("idempotency"):
             claimed = await self.redis.set(
                 self._idem_key(client, key), "", nx=True, px=ttl_ms, get=True
             )
         return None if claimed is None else str(claimed)
 
     async def idempotency_get(self, client: str, key: str) -> str | None:
-        with _unavailable():
+        with self._op("idempotency"):
             value = await self.redis.get(self._idem_key(client, key))
         return None if value is None else str(value)
 
     async def idempotency_store(self, client: str, key: str, answer: str, ttl_ms: int) -> None:
-        with _unavailable():
+        with self._op("idempotency"):
             await self.redis.set(self._idem_key(client, key), answer, px=ttl_ms, xx=True)
 
     async def idempotency_drop(self, client: str, key: str) -> None:
-        with _unavailable():
+        with self._op("idempotency"):
             await self.redis.delete(self._idem_key(client, key))
 
     # Lifecycle ----------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        with _unavailable():
+        with self._op("ping"):
             await self.redis.ping()
 
     async def close(self) -> None:

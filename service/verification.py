@@ -21,6 +21,7 @@ from service.errors import (
     RateLimited,
     ServiceError,
 )
+from service.metrics import Metrics
 from service.phones import mask, normalize
 from service.providers.base import Channel, PlacedCall, Provider
 from service.providers.sandbox import SandboxProvider
@@ -78,7 +79,9 @@ class Verifier:
         *,
         secret: bytes,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.store = store
         self.provider = provider
@@ -144,7 +147,8 @@ class Verifier:
         self, client: str, key: str, ttl_ms: int
     ) -> tuple[Verification, bool] | None:
         """The first answer for `key`, waiting while a racing first request is in flight."""
-        deadline = self._clock() + self.settings.newtel_timeout_s + 1
+        # Real time, not the injected clock: this bounds an actual wait.
+        deadline = time.monotonic() + self.settings.newtel_timeout_s + 1
         while True:
             stored = await self.store.idempotency_claim(client, key, ttl_ms)
             if stored is None:
@@ -153,7 +157,7 @@ class Verifier:
                 first = json.loads(stored)
                 rec = await self.store.get(first["id"], client, self._now_ms())
                 return self.view(rec), bool(first["created"])
-            if self._clock() > deadline:
+            if time.monotonic() > deadline:
                 raise RateLimited(
                     "a request with this Idempotency-Key is in progress", retry_after=1
                 )
@@ -178,6 +182,29 @@ class Verifier:
         return verification
 
     async def _send(
+        self,
+        client: str,
+        phone: str,
+        channel: Channel,
+        ip: str | None,
+        verification_id: str | None,
+    ) -> tuple[Verification, bool]:
+        """Place one call under the limits, and count how it went."""
+        try:
+            verification, created = await self._send_call(
+                client, phone, channel, ip, verification_id
+            )
+        except ServiceError as exc:
+            kind = "resend" if verification_id else "start"
+            self.metrics.verifications.labels(client, channel, kind, exc.code).inc()
+            if isinstance(exc, RateLimited):
+                self.metrics.rate_limited.labels(exc.limit).inc()
+            raise
+        kind = "start" if created else "resend"
+        self.metrics.verifications.labels(client, channel, kind, "placed").inc()
+        return verification, created
+
+    async def _send_call(
         self,
         client: str,
         phone: str,
@@ -262,9 +289,14 @@ class Verifier:
     # Check, read, cancel ------------------------------------------------------------------
 
     async def check(self, client: str, verification_id: str, code: str) -> CheckResult:
-        outcome, rec = await self.store.check(
-            verification_id, client, self._hash(verification_id, code), self._now_ms()
-        )
+        try:
+            outcome, rec = await self.store.check(
+                verification_id, client, self._hash(verification_id, code), self._now_ms()
+            )
+        except NotFound:
+            self.metrics.checks.labels(client, "not_found").inc()
+            raise
+        self.metrics.checks.labels(client, outcome).inc()
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
             raise MaxChecksReached("too many wrong codes; start a new verification")
@@ -277,7 +309,7 @@ class Verifier:
         return await self.check(client, verification_id, code)
 
     async def cancel(self, client: str, verification_id: str) -> Verification:
-        rec = await self.store.cancel(verification_id, client)
+        rec = await self.store.cancel(verification_id, client, self._now_ms())
         log.info("verification canceled", verification_id=verification_id)
         return self.view(rec)
 

@@ -3,7 +3,8 @@
 -- KEYS[1] cooldown   KEYS[2] phone window   KEYS[3] client's pending id for the phone
 -- KEYS[4] verification to resend, or '' for "the pending one in KEYS[3], if any"
 -- ARGV: now_ms, cooldown_ms, limit, window_ms, member, max_sends, client, vkey_base
--- Returns {'ok', id_or_''} | {'rate_limited', retry_ms} | {'max_sends', retry_ms}
+-- Returns {'ok', id_or_''} | {'rate_limited', retry_ms, 'cooldown' or 'phone'}
+-- | {'max_sends', retry_ms}
 -- | {'not_found', 0}
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
@@ -20,8 +21,9 @@ if vkey == '' then
   end
 end
 if vkey ~= '' then
-  local rec = redis.call('HMGET', vkey, 'client', 'status', 'sends')
-  if rec[1] ~= ARGV[7] or rec[2] ~= 'pending' then
+  local rec = redis.call('HMGET', vkey, 'client', 'status', 'sends', 'expires_at')
+  -- Expiry follows the caller's clock, as in check.lua: an expired one is not resent.
+  if rec[1] ~= ARGV[7] or rec[2] ~= 'pending' or (tonumber(rec[4]) or 0) <= now then
     if KEYS[4] ~= '' then
       return {'not_found', 0}
     end
@@ -37,13 +39,13 @@ local cd = redis.call('GET', KEYS[1])
 if cd then
   local wait = tonumber(string.match(cd, '^%d+')) - now
   if wait > 0 then
-    return {'rate_limited', wait}
+    return {'rate_limited', wait, 'cooldown'}
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 if redis.call('ZCARD', KEYS[2]) >= limit then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {'rate_limited', math.max(1, tonumber(oldest[2]) + window - now)}
+  return {'rate_limited', math.max(1, tonumber(oldest[2]) + window - now), 'phone'}
 end
 
 if cooldown > 0 then
