@@ -137,7 +137,7 @@ class Store:
             windows.append((self._ip_key(ip), ip_limit))
         if client_limit is not None:
             windows.append((f"{self.prefix}{{cl:{client}}}", client_limit))
-        vkey = self._vkey(verification_id) if verification_id else ""
+        vkey = self._vkey(verification_id) if verification_id else self._tagged(tag, "v:")
         phone_call = self._scripts["reserve"](
             keys=[
                 self._tagged(tag, "cd"),
@@ -154,6 +154,7 @@ class Store:
                 max_sends,
                 client,
                 self._tagged(tag, "v:"),
+                "1" if verification_id else "0",
             ],
         )
         window_calls = [
@@ -186,11 +187,13 @@ class Store:
                 retry_after=_seconds(int(value)),
                 limit="max_sends",
             )
+        # Retry-After is when every refusing limit has reopened: the longest wait wins.
+        wait_ms, limit = 0, ""
         if outcome == "rate_limited":
             wait_ms, limit = int(value), str(phone[2])
-        else:
-            wait_ms, at = max((w, i) for i, w in enumerate(int(w) for w in waits))
-            limit = "ip" if ip and at == 0 else "client"
+        for i, w in enumerate(int(w) for w in waits):
+            if w > wait_ms:
+                wait_ms, limit = w, "ip" if ip and i == 0 else "client"
         raise RateLimited(
             "too many calls; try again later", retry_after=_seconds(wait_ms), limit=limit
         )
@@ -208,11 +211,12 @@ class Store:
         ]
         calls: list[Awaitable[Any]] = [self.redis.zrem(key, r.member) for key in taken]
         if took_phone:
-            vkey = "" if r.is_new or not r.id else self._vkey(r.id)
+            resend = not r.is_new and bool(r.id)
+            vkey = self._vkey(r.id) if resend else self._tagged(r.tag, "v:")
             calls.append(
                 self._scripts["release"](
                     keys=[self._tagged(r.tag, "cd"), self._tagged(r.tag, "w"), vkey],
-                    args=[r.member],
+                    args=[r.member, "1" if resend else "0"],
                 )
             )
         with self._op("release"):
