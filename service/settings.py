@@ -125,6 +125,7 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
         # Imported here so settings stay importable without the phone rules.
+        from service.errors import InvalidPhone
         from service.phones import normalize
 
         numbers: dict[str, str] = {}
@@ -132,7 +133,10 @@ class Settings(BaseSettings):
             phone, sep, code = pair.rpartition(":")
             if not sep or not code.isdigit() or not 4 <= len(code) <= 8:
                 raise ValueError("expected phone:code pairs with 4..8 digit codes")
-            numbers[normalize(phone).e164_digits] = code
+            try:
+                numbers[normalize(phone).e164_digits] = code
+            except InvalidPhone:
+                raise ValueError(f"{phone!r} is not a valid phone number") from None
         return numbers
 
     @field_validator("voice_text")

@@ -1,0 +1,112 @@
+"""Settings: CALLAUTH_* parsing, and a bad value stopping start-up with one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+from pydantic import ValidationError
+
+from service import __main__ as service_main
+from service.settings import Limit, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_contracts() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.host, s.port, s.key_prefix) == ("127.0.0.1", 8080, "callauth:")
+    assert s.provider_name == "sandbox"
+    assert s.phone_limit == Limit(5, 3600)
+    assert s.ip_limit == Limit(20, 3600)
+    assert s.client_limit == Limit(1000, 3600)
+    assert s.allowed_countries == {"RU", "KZ"}
+    assert (s.code_ttl_s, s.code_length, s.max_checks, s.max_sends) == (300, 5, 5, 3)
+    assert s.resend_cooldown_s == 60
+    assert s.newtel_flash_method == "call/start-password-call"
+    assert s.voice_text.count("{code}") == 2
+
+
+def test_lists_and_pairs_are_parsed_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("CALLAUTH_API_KEYS", "shop:k1, bank:k2")
+    monkeypatch.setenv("CALLAUTH_TEST_NUMBERS", "+7 903 567-51-24:11111")
+    monkeypatch.setenv("CALLAUTH_ALLOWED_COUNTRIES", "ru, by")
+    monkeypatch.setenv("CALLAUTH_PHONE_LIMIT", "3/60")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert {c: k.get_secret_value() for c, k in s.api_keys.items()} == {"shop": "k1", "bank": "k2"}
+    assert s.test_numbers == {"79035675124": "11111"}
+    assert s.allowed_countries == {"RU", "BY"}
+    assert s.phone_limit == Limit(3, 60)
+
+
+def test_newtel_keys_select_newtel_and_then_require_api_keys() -> None:
+    with pytest.raises(ValidationError, match="CALLAUTH_API_KEYS"):
+        make_settings(newtel_access_key="a", newtel_signature_key="b")
+    s = make_settings(newtel_access_key="a", newtel_signature_key="b", api_keys="app:key")
+    assert s.provider_name == "newtel"
+
+
+def test_secrets_do_not_show_in_the_settings_repr() -> None:
+    s = make_settings(
+        newtel_access_key="AK-visible?",
+        newtel_signature_key="SK-visible?",
+        api_keys="app:api-visible?",
+        secret="hmac-visible?",
+    )
+    assert "visible?" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CALLAUTH_PORT", "eighty"),
+        ("CALLAUTH_CODE_TTL_S", "5"),
+        ("CALLAUTH_CODE_LENGTH", "12"),
+        ("CALLAUTH_CALL_TIMEOUT_S", "5"),
+        ("CALLAUTH_PHONE_LIMIT", "5"),
+        ("CALLAUTH_API_KEYS", "no-colon"),
+        ("CALLAUTH_ALLOWED_COUNTRIES", "RUS"),
+        ("CALLAUTH_TEST_NUMBERS", "123:1111"),
+        ("CALLAUTH_VOICE_TEXT", "no placeholder"),
+        ("CALLAUTH_VOICE_TEXT", "{code}" + "x" * 200),
+        ("CALLAUTH_LOG_LEVEL", "loud"),
+    ],
+)
+def test_a_bad_value_is_refused_in_one_line_naming_it(
+    variable: str, value: str, monkeypatch, capsys
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("CALLAUTH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(variable, value)
+    monkeypatch.chdir(ROOT / "tests")  # no .env file here
+    with pytest.raises(SystemExit) as stopped:
+        service_main._settings()
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert variable in lines[0]
+
+
+def test_python_m_service_exits_2_on_a_bad_value() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLAUTH_")}
+    env["CALLAUTH_MAX_CHECKS"] = "many"
+    proc = subprocess.run(
+        [sys.executable, "-m", "service"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "callauth: invalid CALLAUTH_MAX_CHECKS: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    ]
+    assert proc.stdout == ""
