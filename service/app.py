@@ -47,6 +47,8 @@ def _problem_response(err: ServiceError) -> web.Response:
     headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
     if err.status == 503 and headers is None:
         headers = {"Retry-After": "5"}
+    if err.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="callauth"'}
     return api.json_response(
         problem(err.status, err.code, err.title, err.detail, err.extra),
         err.status,

@@ -155,7 +155,12 @@ class Verifier:
                 return None
             if stored:
                 first = json.loads(stored)
-                rec = await self.store.get(first["id"], client, self._now_ms())
+                try:
+                    rec = await self.store.get(first["id"], client, self._now_ms())
+                except NotFound:
+                    # The answer outlived its verification (expiry follows our clock, the
+                    # key's TTL the store's): a new request, whose answer overwrites it.
+                    return None
                 return self.view(rec), bool(first["created"])
             if time.monotonic() > deadline:
                 raise RateLimited(
