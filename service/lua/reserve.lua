@@ -33,13 +33,12 @@ if vkey ~= '' then
     end
     vkey, id = '', ''
   elseif tonumber(rec[3]) >= tonumber(ARGV[6]) then
-    return {'max_sends', redis.call('PTTL', vkey)}
+    return {'max_sends', math.max(1, tonumber(rec[4]) - now)}
   end
 end
 
 -- The cooldown holds "<until_ms> <member>", so it follows the caller's clock; its TTL only
--- collects it.
--- When both refuse, the later of the two is when a call can go (Retry-After).
+-- collects it. When it and the window both refuse, the later one is the Retry-After.
 local wait, reason = 0, 'cooldown'
 local cd = redis.call('GET', KEYS[1])
 if cd then
