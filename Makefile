@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run format lint typecheck test deploy-check check bench clean
+.PHONY: install system-deps run format lint typecheck test deploy-check check bench clean
 
 install: $(VENV)/.installed
 
@@ -12,6 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# Debian packages the tests drive: Chromium (browser test) and promtool (alert rules).
+system-deps:
+	bash scripts/install-browser.sh
+	command -v promtool >/dev/null || apt-get install -y -q --no-install-recommends prometheus \
+		|| echo "promtool not installed: alert rules get the structure test only" >&2
 
 run: install
 	$(BIN)/python -m service
@@ -28,7 +34,7 @@ typecheck: install
 	$(BIN)/mypy service
 
 # pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
-test: install
+test: install system-deps
 	$(BIN)/pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from service import api, openapi
+from service import api, demo, openapi
 from service.breaker import CircuitBreaker, GuardedProvider
 from service.errors import (
     MethodNotAllowed,
@@ -82,6 +82,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             if exc.status < 400:
                 raise
             response = _problem_response(_from_http(exc))
+            if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods that are allowed
+                response.headers["Allow"] = exc.headers["Allow"]
         except ServiceError as err:
             response = _problem_response(err)
         except Exception:
@@ -205,4 +207,6 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi.handler)
+    if settings.provider_name == "sandbox":
+        demo.add_routes(app)
     return app

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# callauth from the shell: start a flash call, fall back to a voice call (resend), read the
+# code from the sandbox, check it. Needs curl and jq; the service in sandbox mode.
+#   CALLAUTH_URL (default http://127.0.0.1:8080), CALLAUTH_API_KEY (dev),
+#   CALLAUTH_PHONE (+7 903 567-51-24)
+set -euo pipefail
+URL="${CALLAUTH_URL:-http://127.0.0.1:8080}"
+KEY="${CALLAUTH_API_KEY:-dev}"
+PHONE="${CALLAUTH_PHONE:-+7 903 567-51-24}"
+
+api() { # METHOD PATH [JSON]: prints the body on 2xx; the problem document and exit 1 otherwise
+    local out
+    if ! out=$(curl -sS --fail-with-body -X "$1" "$URL$2" -H "Authorization: Bearer $KEY" \
+                    -H 'Content-Type: application/json' ${3:+--data "$3"}); then
+        echo "callauth: $1 $2 failed: $out" >&2
+        exit 1
+    fi
+    printf '%s\n' "$out"
+}
+
+# 1. Start: the service calls the phone (201; 200 if it resent a pending verification).
+started=$(api POST /v1/verifications "$(jq -nc --arg phone "$PHONE" '{phone: $phone, channel: "flash_call"}')")
+id=$(jq -r .id <<<"$started")
+phone=$(jq -r .phone <<<"$started")
+echo "started $id: flash call, $(jq -r .code_length <<<"$started") digits"
+
+# 2. The sandbox shows the call: a flash call's code is the last digits of the caller.
+call=$(api GET "/v1/sandbox/calls?phone=$phone" | jq -c --arg id "$id" '[.calls[] | select(.verification_id == $id)][0]')
+echo "flash call from +$(jq -r .caller <<<"$call")"
+
+# 3. No call arrived? Resend by voice (after CALLAUTH_RESEND_COOLDOWN_S); the latest code counts.
+api POST "/v1/verifications/$id/resend" '{"channel": "voice_call"}' >/dev/null
+call=$(api GET "/v1/sandbox/calls?phone=$phone" | jq -c --arg id "$id" '[.calls[] | select(.verification_id == $id)][0]')
+echo "voice call says: $(jq -r .text <<<"$call")"
+code=$(jq -r .code <<<"$call")
+
+# 4. Check the code the user typed.
+checked=$(api POST "/v1/verifications/$id/check" "$(jq -nc --arg code "$code" '{code: $code}')")
+if [ "$(jq -r .valid <<<"$checked")" = true ]; then
+    echo "approved"
+else
+    echo "not approved: $checked" >&2
+    exit 1
+fi

@@ -1,0 +1,306 @@
+// The sandbox demo: start → see the call → check → resend, over the real /v1 API.
+// No framework, no build step. Server text is only ever set with textContent.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const state = { verification: null, retryTimer: null, retryDeadline: 0, expiryTimer: null };
+
+  // --- the API ------------------------------------------------------------------------------
+
+  async function api(method, path, body) {
+    const key = $("api-key").value.trim() || "dev";
+    const headers = { Authorization: `Bearer ${key}`, Accept: "application/json" };
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, init);
+    } catch (err) {
+      return { ok: false, status: 0, body: null, network: String(err && err.message ? err.message : err) };
+    }
+    let data = null;
+    if ((resp.headers.get("Content-Type") || "").includes("json")) {
+      try {
+        data = await resp.json();
+      } catch {
+        data = null;
+      }
+    }
+    return { ok: resp.ok, status: resp.status, body: data, retryAfter: resp.headers.get("Retry-After") };
+  }
+
+  // --- the answer ---------------------------------------------------------------------------
+
+  function stopCountdown() {
+    if (state.retryTimer !== null) {
+      clearInterval(state.retryTimer);
+      state.retryTimer = null;
+    }
+  }
+
+  function renderProblem(problem) {
+    const el = $("result-problem");
+    el.replaceChildren();
+    if (!problem || typeof problem !== "object" || !problem.code) {
+      el.hidden = true;
+      return;
+    }
+    const code = document.createElement("code");
+    code.textContent = problem.code;
+    el.append(code);
+    if (problem.detail) el.append(` — ${problem.detail}`);
+    if (Array.isArray(problem.errors) && problem.errors.length) {
+      const list = document.createElement("ul");
+      for (const e of problem.errors) {
+        const item = document.createElement("li");
+        item.textContent = `${e.field}: ${e.message}`;
+        list.append(item);
+      }
+      el.append(list);
+    }
+    el.hidden = false;
+  }
+
+  // One answer at a time; `message` is a string or a list of strings and nodes.
+  function answer(outcome, message, problem) {
+    stopCountdown();
+    const result = $("result");
+    result.dataset.outcome = outcome;
+    $("result-message").replaceChildren(...[].concat(message));
+    renderProblem(problem);
+  }
+
+  // 429: "Rate limited, wait N s", N counting down; only the first line is announced.
+  function rateLimited(seconds, problem) {
+    state.retryDeadline = Date.now() + seconds * 1000;
+    const left = () => Math.max(0, Math.ceil((state.retryDeadline - Date.now()) / 1000));
+    const counter = document.createElement("span");
+    counter.id = "retry-seconds";
+    counter.setAttribute("aria-live", "off");
+    counter.textContent = String(left());
+    answer("rate_limited", ["Rate limited, wait ", counter, " s."], problem);
+    state.retryTimer = setInterval(() => {
+      const n = left();
+      if (n > 0) {
+        counter.textContent = String(n);
+      } else {
+        answer("retry", "The wait is over: you can try again now.", problem);
+      }
+    }, 250);
+  }
+
+  function failure(r) {
+    if (r.status === 0) {
+      answer("error", `Network error: ${r.network}`);
+    } else if (r.status === 429) {
+      const seconds = Number.parseInt(r.retryAfter || "", 10);
+      rateLimited(Number.isFinite(seconds) && seconds > 0 ? seconds : 1, r.body);
+    } else if (r.status === 404) {
+      answer("not_found", "Expired or not found: start a new verification.", r.body);
+    } else if (r.status === 409) {
+      answer("max_checks", "Max checks reached: this verification takes no more codes. Start a new one.", r.body);
+    } else {
+      const title = r.body && r.body.title ? r.body.title : "Error";
+      answer("error", `${title} (HTTP ${r.status}).`, r.body);
+    }
+  }
+
+  const tries = (n) => (n === 1 ? "1 try" : `${n} tries`);
+
+  // --- the verification and its call --------------------------------------------------------
+
+  function renderExpiry() {
+    const v = state.verification;
+    if (!v) return;
+    const left = Math.max(0, Math.round((Date.parse(v.expires_at) - Date.now()) / 1000));
+    const mm = Math.floor(left / 60);
+    const ss = String(left % 60).padStart(2, "0");
+    $("fact-expires").textContent = left > 0 ? `${mm}:${ss}` : "expired";
+  }
+
+  function setVerification(v) {
+    state.verification = { ...(state.verification || {}), ...v };
+    const cur = state.verification;
+    $("fact-id").textContent = cur.id;
+    $("fact-status").textContent = cur.status;
+    $("fact-length").textContent = String(cur.code_length);
+    $("fact-checks").textContent = String(cur.checks_left);
+    $("fact-sends").textContent = String(cur.sends_left);
+    $("facts").hidden = false;
+    $("check").disabled = false;
+    $("resend").disabled = false;
+    renderExpiry();
+    if (state.expiryTimer === null) state.expiryTimer = setInterval(renderExpiry, 1000);
+  }
+
+  function mark(text) {
+    const m = document.createElement("mark");
+    m.textContent = text;
+    return m;
+  }
+
+  // "+7 495 00" then the code digits highlighted: the way a flash call's code is read.
+  function renderNumber(caller, n) {
+    const digits = String(caller).replace(/\D/g, "");
+    const head = digits.slice(0, Math.max(0, digits.length - n));
+    const tail = digits.slice(head.length);
+    const grouped = [head.slice(0, 1), head.slice(1, 4), head.slice(4)].filter(Boolean).join(" ");
+    const el = $("call-number");
+    el.replaceChildren(`+${grouped}`, mark(tail));
+    el.setAttribute("aria-label", `Calling number +${digits}; its last ${n} digits, ${tail.split("").join(" ")}, are the code`);
+    el.hidden = false;
+  }
+
+  // The robot's words, with every run of exactly n digits (spaces allowed between) marked.
+  function renderText(text, n) {
+    const el = $("call-text");
+    const parts = [];
+    let last = 0;
+    for (const m of text.matchAll(/\d(?:[ \u00a0-]?\d)*/g)) {
+      if (m[0].replace(/\D/g, "").length !== n) continue;
+      parts.push(text.slice(last, m.index), mark(m[0]));
+      last = m.index + m[0].length;
+    }
+    parts.push(text.slice(last));
+    el.replaceChildren(...parts.filter((p) => p !== ""));
+    el.hidden = false;
+  }
+
+  async function showCall(v) {
+    const r = await api("GET", `/v1/sandbox/calls?phone=${encodeURIComponent(v.phone)}`);
+    if (!r.ok) {
+      failure(r);
+      return false;
+    }
+    const calls = (r.body && r.body.calls) || [];
+    const call = calls.find((c) => c.verification_id === v.id);
+    $("call-number").hidden = true;
+    $("call-text").hidden = true;
+    if (!call) {
+      $("call-empty").textContent = "No call was placed for this verification (a test number?).";
+      $("call-empty").hidden = false;
+      $("call").hidden = true;
+      return true;
+    }
+    $("call-empty").hidden = true;
+    $("call").hidden = false;
+    const placed = new Date(call.placed_at).toLocaleTimeString();
+    if (call.channel === "flash_call" && call.caller) {
+      $("call-kind").textContent = `Incoming call · ${placed}`;
+      renderNumber(call.caller, v.code_length);
+      $("call-hint").textContent = `The last ${v.code_length} digits of the calling number are the code. Nobody answers: the call drops.`;
+    } else {
+      $("call-kind").textContent = `Voice call · ${placed}`;
+      renderText(call.text || "", v.code_length);
+      $("call-hint").textContent = "The robot says the code twice.";
+    }
+    return true;
+  }
+
+  // --- the buttons ---------------------------------------------------------------------------
+
+  async function busy(form, work) {
+    const buttons = form.querySelectorAll("button");
+    const was = [...buttons].map((b) => b.disabled);
+    form.setAttribute("aria-busy", "true");
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      await work();
+    } finally {
+      form.removeAttribute("aria-busy");
+      buttons.forEach((b, i) => { b.disabled = was[i]; });
+    }
+  }
+
+  async function start() {
+    const phoneInput = $("phone");
+    const phone = phoneInput.value.trim();
+    if (!phone) {
+      phoneInput.setAttribute("aria-invalid", "true");
+      answer("invalid", "Type a phone number first.");
+      phoneInput.focus();
+      return;
+    }
+    phoneInput.removeAttribute("aria-invalid");
+    const channel = $("start-form").elements.channel.value || "flash_call";
+    const r = await api("POST", "/v1/verifications", { phone, channel });
+    if (!r.ok) {
+      failure(r);
+      return;
+    }
+    const v = r.body;
+    state.verification = null;
+    setVerification(v);
+    $("code").value = "";
+    if (!(await showCall(v))) return;
+    const how = channel === "voice_call" ? "Listen for the code" : `Type the last ${v.code_length} digits of the calling number`;
+    const what = r.status === 201 ? "Call placed." : "This phone had a pending verification: the call was placed again (same id).";
+    answer("started", `${what} ${how}, then press Check.`);
+    $("code").focus();
+  }
+
+  async function check() {
+    const v = state.verification;
+    const input = $("code");
+    const code = input.value.replace(/\s/g, "");
+    if (!/^[0-9]{4,8}$/.test(code)) {
+      input.setAttribute("aria-invalid", "true");
+      answer("invalid", "The code is 4 to 8 digits.");
+      input.focus();
+      return;
+    }
+    input.removeAttribute("aria-invalid");
+    const r = await api("POST", `/v1/verifications/${encodeURIComponent(v.id)}/check`, { code });
+    if (!r.ok) {
+      if (r.status === 409) setVerification({ status: "max_checks_reached", checks_left: 0 });
+      if (r.status === 404) setVerification({ status: "expired or not found" });
+      failure(r);
+      return;
+    }
+    const b = r.body;
+    const update = { status: b.status };
+    if (typeof b.checks_left === "number") update.checks_left = b.checks_left;
+    setVerification(update);
+    if (b.valid) {
+      answer("approved", "Approved: the phone is verified.");
+    } else if (b.status === "pending") {
+      answer("wrong", `Wrong code, ${tries(b.checks_left)} left.`);
+    } else if (b.status === "max_checks_reached") {
+      answer("max_checks", "Wrong code, no tries left: max checks reached. Start a new verification.");
+    } else {
+      answer("spent", `Not valid: this verification is already ${b.status}.`);
+    }
+  }
+
+  async function resend() {
+    const v = state.verification;
+    const body = $("resend-voice").checked ? { channel: "voice_call" } : {};
+    const r = await api("POST", `/v1/verifications/${encodeURIComponent(v.id)}/resend`, body);
+    if (!r.ok) {
+      failure(r);
+      return;
+    }
+    setVerification(r.body);
+    $("code").value = "";
+    if (!(await showCall(r.body))) return;
+    const how = r.body.channel === "voice_call" ? "by voice" : "as a flash call";
+    answer("resent", `Called again ${how}: only the latest call's code counts.`);
+    $("code").focus();
+  }
+
+  function bind(formId, action) {
+    const form = $(formId);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      busy(form, action).catch((err) => answer("error", `Unexpected error: ${err}`));
+    });
+  }
+
+  bind("start-form", start);
+  bind("check-form", check);
+  bind("resend-form", resend);
+})();

@@ -1,0 +1,282 @@
+"""The sandbox demo page: served only in sandbox mode, and a real browser runs the flow on it.
+
+The browser tests start the service on a free local port (aiohttp AppRunner, embedded store)
+and drive Debian's Chromium through Playwright, reading the code off the page as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from aiohttp import web
+from conftest import IN_CI, Clock, make_settings
+
+from service.app import create_app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE = "+7 903 567-51-24"
+
+
+def sandbox_settings(**overrides: Any) -> Any:
+    """Sandbox provider, embedded store, the `dev` key: whatever CALLAUTH_* the shell has."""
+    values: dict[str, Any] = {"provider": "sandbox", "redis_url": None, "api_keys": {}}
+    values.update(overrides)
+    return make_settings(f"callauth-demo:{uuid.uuid4().hex[:8]}:", **values)
+
+
+@asynccontextmanager
+async def serve(clock: Callable[[], float] = time.time, **overrides: Any) -> AsyncIterator[str]:
+    """The real HTTP server on 127.0.0.1 and a free port; yields its base URL."""
+    runner = web.AppRunner(create_app(sandbox_settings(**overrides), clock=clock), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+# --- without a browser ----------------------------------------------------------------------
+
+
+async def test_demo_page_and_assets_are_served_with_a_csp(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(sandbox_settings()))
+    page = await client.get("/demo")
+    assert page.status == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    html = await page.text()
+    # Everything the CSP allows: no inline script, no inline style, no handler attributes.
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html)
+    assert not re.search(r"\sstyle=|\son[a-z]+=", html)
+    assert 'src="/demo/demo.js"' in html
+    assert 'href="/demo/demo.css"' in html
+    for name, kind in (("demo.js", "text/javascript"), ("demo.css", "text/css")):
+        resp = await client.get(f"/demo/{name}")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith(kind)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert len(await resp.read()) > 500
+    for missing in ("/demo/demo.html", "/demo/..%2Fapp.py", "/demo/nope.js"):
+        resp = await client.get(missing)
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "not_found"
+
+
+async def test_demo_does_not_exist_in_newtel_mode(aiohttp_client: Any, fake_newtel: Any) -> None:
+    settings = make_settings(
+        provider="newtel",
+        newtel_base_url=fake_newtel.base_url,
+        newtel_access_key=fake_newtel.access_key,
+        newtel_signature_key=fake_newtel.signature_key,
+        api_keys="dev:dev",
+    )
+    client = await aiohttp_client(create_app(settings, redis=fakeredis.FakeAsyncRedis()))
+    for path in ("/demo", "/demo/demo.js", "/demo/demo.css"):
+        resp = await client.get(path)
+        assert resp.status == 404, path
+    assert (await client.get("/healthz")).status == 200
+
+
+# --- in a browser ---------------------------------------------------------------------------
+
+
+@dataclass
+class Browser:
+    page: Any
+    expect: Any
+    errors: list[str] = field(default_factory=list)
+
+
+def _need_browser() -> None:
+    missing = []
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"{CHROMIUM} (run scripts/install-browser.sh)")
+    if missing:
+        reason = "the browser test needs " + " and ".join(missing)
+        if IN_CI:
+            pytest.fail(reason + " (CI=true: a missing browser fails the run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A fresh headless Chromium page; console errors (CSP refusals included) are collected."""
+    _need_browser()
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        context = await chromium.new_context(
+            viewport={"width": 1100, "height": 860}, locale="en-US"
+        )
+        page = await context.new_page()
+        page.set_default_timeout(10_000)
+        ui = Browser(page, expect)
+
+        def on_console(message: Any) -> None:
+            # Chromium logs every 4xx answer as "Failed to load resource": those are the flow.
+            if message.type == "error" and not message.text.startswith("Failed to load resource"):
+                ui.errors.append(message.text)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: ui.errors.append(str(exc)))
+        try:
+            yield ui
+        finally:
+            await chromium.close()
+
+
+async def _start(ui: Browser, phone: str, channel: str = "Flash call") -> None:
+    page = ui.page
+    await page.get_by_label("Phone number").fill(phone)
+    await page.get_by_role("radio", name=re.compile(f"^{channel}")).check()
+    await page.get_by_role("button", name="Start", exact=True).click()
+
+
+async def _check(ui: Browser, code: str) -> None:
+    await ui.page.get_by_label("Code", exact=True).fill(code)
+    await ui.page.get_by_role("button", name="Check", exact=True).click()
+
+
+async def _outcome(ui: Browser, outcome: str, text: str | re.Pattern[str]) -> str:
+    result = ui.page.locator("#result")
+    await ui.expect(result).to_have_attribute("data-outcome", outcome)
+    await ui.expect(result).to_contain_text(text)
+    return str(await result.inner_text())
+
+
+def _other(code: str) -> str:
+    """A wrong code of the same length."""
+    return code[:-1] + str((int(code[-1]) + 1) % 10)
+
+
+async def test_flash_call_wrong_code_right_code_then_rate_limited(
+    browser: Browser, tmp_path: Path
+) -> None:
+    ui, page = browser, browser.page
+    async with serve() as url:
+        response = await page.goto(f"{url}/demo")
+        assert response is not None
+        assert response.status == 200
+        await ui.expect(page).to_have_title(re.compile("callauth demo"))
+
+        await _start(ui, PHONE)
+        number = page.locator("#call-number")
+        await ui.expect(number).to_be_visible()
+        await _outcome(ui, "started", "Call placed.")
+        # As a user would: the number on the phone, its highlighted last digits are the code.
+        shown = re.sub(r"\D", "", await number.inner_text())
+        code = await number.locator("mark").inner_text()
+        assert re.fullmatch(r"[0-9]{5}", code), code
+        assert shown.startswith("7495"), shown
+        assert shown.endswith(code), shown
+        await ui.expect(page.locator("#fact-checks")).to_have_text("5")
+
+        await _check(ui, _other(code))
+        await _outcome(ui, "wrong", "Wrong code, 4 tries left.")
+        await ui.expect(page.locator("#fact-checks")).to_have_text("4")
+
+        await _check(ui, code)
+        await _outcome(ui, "approved", "Approved")
+        await ui.expect(page.locator("#fact-status")).to_have_text("approved")
+        await page.screenshot(path=tmp_path / "demo-approved.png", full_page=True)
+
+        # The same phone again within the 60 s cooldown: refused, with the wait counting down.
+        await page.get_by_role("button", name="Start", exact=True).click()
+        text = await _outcome(ui, "rate_limited", re.compile(r"Rate limited, wait \d+ s\."))
+        first = int(re.search(r"wait (\d+) s", text).group(1))  # type: ignore[union-attr]
+        assert 50 <= first <= 60, text
+        await ui.expect(page.locator("#result-problem")).to_contain_text("rate_limited")
+        await ui.expect(page.locator("#result-problem")).to_contain_text("try again later")
+        await asyncio.sleep(1.6)
+        later = int(await page.locator("#retry-seconds").inner_text())
+        assert later < first, (first, later)
+
+        shot = tmp_path / "demo.png"
+        await page.screenshot(path=shot, full_page=True)
+        print(f"demo screenshots: {shot} and {tmp_path / 'demo-approved.png'}")
+        assert shot.stat().st_size > 10_000
+    assert ui.errors == []
+
+
+async def test_voice_resend_max_checks_expiry_and_problem_details(
+    browser: Browser, tmp_path: Path
+) -> None:
+    ui, page = browser, browser.page
+    clock = Clock()
+    async with serve(clock, resend_cooldown_s=0, max_checks=2) as url:
+        await page.goto(f"{url}/demo")
+
+        # A problem document is shown with its code and detail.
+        await _start(ui, "123")
+        await _outcome(ui, "error", "Invalid phone number (HTTP 422).")
+        await ui.expect(page.locator("#result-problem")).to_contain_text("invalid_phone")
+
+        await _start(ui, "+7 903 567-51-25")
+        await ui.expect(page.locator("#call-number")).to_be_visible()
+        flash = await page.locator("#call-number mark").inner_text()
+
+        # Resend by voice: the phone now shows what the robot says, the code marked in it.
+        await page.get_by_label("by voice call").check()
+        await page.get_by_role("button", name="Resend", exact=True).click()
+        await _outcome(ui, "resent", "Called again by voice")
+        text = page.locator("#call-text")
+        await ui.expect(text).to_be_visible()
+        await ui.expect(page.locator("#call-number")).to_be_hidden()
+        await ui.expect(page.locator("#call-kind")).to_contain_text("Voice call")
+        marks = await text.locator("mark").all_inner_texts()
+        assert len(marks) == 2, marks  # the default text says the code twice
+        voice = re.sub(r"\D", "", marks[0])
+        assert re.fullmatch(r"[0-9]{5}", voice), marks
+
+        # The flash call's code no longer counts; two wrong tries use up max_checks=2.
+        await _check(ui, flash if flash != voice else _other(voice))
+        await _outcome(ui, "wrong", "Wrong code, 1 try left.")
+        await _check(ui, _other(voice))
+        await _outcome(ui, "max_checks", "no tries left")
+        await _check(ui, voice)
+        await _outcome(ui, "max_checks", "Max checks reached")
+        await ui.expect(page.locator("#result-problem")).to_contain_text("max_checks_reached")
+
+        # A new verification by voice, then its lifetime passes: expired or not found.
+        await _start(ui, "+7 903 567-51-25", "Voice call")
+        await _outcome(ui, "started", "Listen for the code")
+        marks = await text.locator("mark").all_inner_texts()
+        code = re.sub(r"\D", "", marks[0])
+        clock.advance(301)
+        await _check(ui, code)
+        await _outcome(ui, "not_found", "Expired or not found")
+        await ui.expect(page.locator("#result-problem")).to_contain_text("not_found")
+        await page.screenshot(path=tmp_path / "demo-voice.png", full_page=True)
+    assert ui.errors == []

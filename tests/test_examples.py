@@ -1,0 +1,124 @@
+"""The client examples in examples/ run end to end against a real sandbox service."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _clean_env() -> dict[str, str]:
+    """The shell's environment without any CALLAUTH_* that could leave sandbox mode."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CALLAUTH_")}
+
+
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m service` in sandbox mode on a free port, no resend cooldown."""
+    port = _free_port()
+    env = {
+        **_clean_env(),
+        "CALLAUTH_HOST": "127.0.0.1",
+        "CALLAUTH_PORT": str(port),
+        "CALLAUTH_PROVIDER": "sandbox",
+        "CALLAUTH_RESEND_COOLDOWN_S": "0",
+        "CALLAUTH_LOG_LEVEL": "warning",
+    }
+    log = tmp_path_factory.mktemp("service") / "service.log"
+    # cwd outside the repo, so no .env file there is read.
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the service did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _need(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        reason = f"this example needs {', '.join(missing)} on PATH"
+        if IN_CI:
+            pytest.fail(reason + " (CI=true: a missing tool fails the run)")
+        pytest.skip(reason)
+
+
+def _run(command: list[str], url: str, phone: str) -> str:
+    env = {**_clean_env(), "CALLAUTH_URL": url, "CALLAUTH_PHONE": phone}
+    done = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    lines = done.stdout.splitlines()
+    assert lines, done.stderr
+    assert lines[-1] == "approved", done.stdout
+    assert any(line.startswith("flash call from +7495") for line in lines), done.stdout
+    assert any(line.startswith("voice call says: ") for line in lines), done.stdout
+    return done.stdout
+
+
+# Each example gets its own phone: the per-phone limit (5 calls an hour) stays out of the way.
+
+
+def test_curl_example(service_url: str) -> None:
+    _need("bash", "curl", "jq")
+    _run(["bash", str(EXAMPLES / "curl.sh")], service_url, "+7 903 567-51-31")
+
+
+def test_python_example(service_url: str) -> None:
+    _run([sys.executable, str(EXAMPLES / "client.py")], service_url, "+7 903 567-51-32")
+
+
+def test_javascript_example(service_url: str) -> None:
+    _need("node")
+    _run(["node", str(EXAMPLES / "client.mjs")], service_url, "+7 903 567-51-33")
+
+
+def test_examples_default_to_the_local_service() -> None:
+    default = "http://127.0.0.1:8080"
+    for name in ("curl.sh", "client.py", "client.mjs"):
+        text = (EXAMPLES / name).read_text()
+        assert "CALLAUTH_URL" in text, name
+        assert default in text, name
