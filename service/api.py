@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    ValidationError,
+)
 
 from service.errors import InvalidRequest, MalformedJson, NotFound, Unauthorized
 from service.phones import normalize
@@ -22,6 +29,17 @@ Code = Annotated[str, Field(pattern=r"^[0-9]{4,8}$", description="the digits the
 Phone = Annotated[str, Field(min_length=1, max_length=32, examples=["+7 (903) 567-51-24"])]
 
 
+def _ip_text(value: object) -> object:
+    # pydantic's IP types also take integers and booleans (false -> 0.0.0.0); the schema
+    # says a string, and so does the service.
+    if not isinstance(value, str):
+        raise ValueError("must be an IPv4 or IPv6 address string")
+    return value
+
+
+IpAddress = Annotated[IPvAnyAddress, BeforeValidator(_ip_text)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -29,7 +47,7 @@ class _Body(BaseModel):
 class StartRequest(_Body):
     phone: Phone
     channel: Channel = "flash_call"
-    ip: IPvAnyAddress | None = Field(None, description="the end user's IP address")
+    ip: IpAddress | None = Field(None, description="the end user's IP address")
 
 
 class ResendRequest(_Body):

@@ -94,7 +94,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         log.info(
             "request",
             method=request.method,
-            route=route.canonical if route else request.path,
+            # Never the raw path of an unmatched request: a client may have put a code in it.
+            route=route.canonical if route else "(unmatched)",
             status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )

@@ -96,6 +96,22 @@ def _op(
     return op
 
 
+_IP = [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]
+
+
+def _standard_formats(node: Any) -> Any:
+    """pydantic writes `format: ipvanyaddress`, which no OpenAPI tool knows (so any string
+    would pass): say what the service accepts, an IPv4 or an IPv6 address."""
+    if isinstance(node, dict):
+        if node.get("format") == "ipvanyaddress":
+            rest = {k: v for k, v in node.items() if k not in ("format", "type")}
+            return {**rest, "anyOf": _IP}
+        return {k: _standard_formats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_standard_formats(v) for v in node]
+    return node
+
+
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _BODY_ERRORS = [400, 413, 422, 503]
 
@@ -107,7 +123,7 @@ def document(sandbox: bool) -> dict[str, Any]:
         [(m, "validation") for m in _MODELS[:4]] + [(m, "serialization") for m in _MODELS[4:]],
         ref_template="#/components/schemas/{model}",
     )
-    schemas = {**defs.get("$defs", {}), "Problem": _PROBLEM}
+    schemas = {**_standard_formats(defs.get("$defs", {})), "Problem": _PROBLEM}
     verification = _ref(api.VerificationOut)
     location = {"Location": {"schema": {"type": "string"}}}
     paths: dict[str, Any] = {

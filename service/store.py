@@ -386,8 +386,9 @@ def _sentinel(url: str, common: dict[str, Any]) -> Any:
     hosts = parts.netloc.rpartition("@")[2]
     nodes = []
     for hostport in hosts.split(","):
-        host, _, port = hostport.rpartition(":")
-        nodes.append((host or hostport, int(port or 26379)))
+        # As a URL's netloc: a missing port is 26379, an IPv6 host is in brackets.
+        node = urlsplit(f"//{hostport}")
+        nodes.append((node.hostname or "", node.port or 26379))
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError("redis+sentinel:// URL needs a service name: /mymaster")

@@ -1,0 +1,220 @@
+"""Helpers for the reliability suite: a Redis of its own, the service on a real port, waits.
+
+Nothing here touches the shared Redis: `OwnRedis` starts a throw-away `redis-server` on a
+free port (no persistence) that a test may stop, freeze and restart at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def digits_present(needle: str, text: str) -> bool:
+    """`needle` as a whole token in `text`: not a piece of a longer number, hex or id."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(needle)}(?![0-9A-Za-z])", text) is not None
+
+
+def spoken_code(text: str) -> str:
+    """The code inside a voice text ("... 1 2 3 4 5 ...")."""
+    match = re.search(r"\d(?: \d)+", text)
+    assert match is not None, text
+    return match.group(0).replace(" ", "")
+
+
+class OwnRedis:
+    """A `redis-server` subprocess on its own port, for fault injection (never the shared one)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        assert self.proc is None or self.proc.returncode is not None, "already running"
+        # The port was free a moment ago; on a restart it is the same port, reused.
+        for _attempt in range(3):
+            self.proc = await asyncio.create_subprocess_exec(
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            if await self._wait_ready(5.0):
+                return
+            await self.stop()
+        raise AssertionError(f"redis-server did not start on port {self.port}")
+
+    async def _wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                return False
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            try:
+                writer.write(b"PING\r\n")
+                await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), 1.0)
+                if line.startswith(b"+PONG"):
+                    return True
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            await asyncio.sleep(0.02)
+        return False
+
+    async def stop(self) -> None:
+        """Terminate the server (its data goes with it: no persistence)."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server must be able to exit
+            self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the socket stays open but nothing answers (a hung server)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class ServiceThread:
+    """An aiohttp app on a real local port, served by its own loop in a background thread.
+
+    aiohttp is neither ASGI nor WSGI, so tools that speak HTTP (schemathesis, requests) need
+    a real socket. `make_app` is called inside the thread's loop.
+    """
+
+    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+        self._make_app = make_app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServiceThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self._make_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def start_service_process(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
+    """`python -m service` on `port`, returned once /healthz answers."""
+    full = {**os.environ, "CALLAUTH_PORT": str(port), **env}
+    for name in [n for n in full if n.startswith("CALLAUTH_") and n not in env]:
+        if name != "CALLAUTH_PORT":
+            full.pop(name)  # nothing from the developer's shell leaks into the run
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        env=full,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(400):  # start-up, on a loaded machine
+            if proc.returncode is not None:
+                raise AssertionError(f"the service exited with {proc.returncode}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    proc.kill()
+    await proc.wait()
+    raise AssertionError("the service did not start")
+
+
+async def eventually(predicate: Callable[[], Any], timeout_s: float = 5.0) -> None:
+    """Poll a sync or async predicate until it is truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def phones(count: int, base: int = 79035670000) -> Iterable[str]:
+    """Distinct valid Russian mobile numbers."""
+    return (str(base + i) for i in range(count))

@@ -1,0 +1,365 @@
+"""Faults: Redis stopped, hung and restarted; New-Tel slow, failing, unreachable or garbled;
+SIGTERM under load. The answer is always a problem document (503/502), never a 500, and the
+service comes back by itself.
+
+Redis faults run on a `redis-server` this module starts on its own port, never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from conftest import AUTH, PHONE, SECRET, make_settings
+from reliability_helpers import OwnRedis, eventually, free_port, phones, start_service_process
+
+from service.app import create_app
+
+PHONE_2 = "79035675125"
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[OwnRedis]:
+    server = OwnRedis()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def fresh_prefix() -> str:
+    return f"callauth-faults:{uuid.uuid4().hex[:8]}:"
+
+
+async def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
+    body = await resp.json(content_type=None)
+    assert resp.status == status, body
+    assert resp.headers["Content-Type"].startswith("application/problem+json")
+    assert body["code"] == code, body
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+    if status in (429, 503):
+        assert int(resp.headers["Retry-After"]) >= 1
+    return body
+
+
+def no_unhandled_errors(service_logs: Any) -> None:
+    lines = service_logs.lines()
+    assert not [line for line in lines if line["event"] == "unhandled error"]
+    assert all(line.get("status") != 500 for line in lines if line["event"] == "request")
+
+
+async def sandbox_code(client: Any, phone: str) -> str:
+    resp = await client.get("/v1/sandbox/calls", params={"phone": phone}, headers=AUTH)
+    assert resp.status == 200
+    return str((await resp.json())["calls"][0]["code"])
+
+
+async def every_route(client: Any, verification_id: str) -> list[Any]:
+    """One request on every authorized route that needs the store."""
+    return [
+        await client.post("/v1/verifications", json={"phone": PHONE_2}, headers=AUTH),
+        await client.post(
+            f"/v1/verifications/{verification_id}/check", json={"code": "12345"}, headers=AUTH
+        ),
+        await client.post(
+            "/v1/verifications/check", json={"phone": PHONE, "code": "12345"}, headers=AUTH
+        ),
+        await client.get(f"/v1/verifications/{verification_id}", headers=AUTH),
+        await client.post(f"/v1/verifications/{verification_id}/resend", headers=AUTH),
+        await client.delete(f"/v1/verifications/{verification_id}", headers=AUTH),
+        await client.post(
+            "/v1/verifications",
+            json={"phone": PHONE_2},
+            headers={**AUTH, "Idempotency-Key": "faults-1"},
+        ),
+    ]
+
+
+# Redis ------------------------------------------------------------------------------------
+
+
+async def test_redis_stopped_mid_load_is_503_never_500_and_recovers_on_restart(
+    aiohttp_client, own_redis, service_logs
+) -> None:
+    # The production path: the app connects through service.store.connect itself.
+    settings = make_settings(fresh_prefix(), redis_url=own_redis.url, resend_cooldown_s=0)
+    client = await aiohttp_client(create_app(settings))
+    started = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert started.status == 201
+    vid = (await started.json())["id"]
+    assert (await client.get("/readyz")).status == 200
+
+    # Requests in flight while the server goes away: waves of concurrent starts, the server
+    # terminated while the third wave runs. Each one is 201 or 503, never a 500.
+    numbers = list(phones(40, base=79035671000))
+    answers: list[Any] = []
+    for wave in range(0, len(numbers), 4):
+        starts = [
+            client.post("/v1/verifications", json={"phone": p}, headers=AUTH)
+            for p in numbers[wave : wave + 4]
+        ]
+        if wave == 8:  # this wave races the shutdown; the later ones find it gone
+            *got, _ = await asyncio.gather(*starts, own_redis.stop())
+        else:
+            got = await asyncio.gather(*starts)
+        answers.extend(got)
+    statuses = [resp.status for resp in answers]
+    assert statuses[:8] == [201] * 8
+    assert statuses[12:] == [503] * 28
+    assert set(statuses) == {201, 503}, statuses
+    for resp in answers:
+        if resp.status == 503:
+            await assert_problem(resp, 503, "store_unavailable")
+
+    # While it is down: every route answers 503 store_unavailable with Retry-After.
+    for resp in await every_route(client, vid):
+        await assert_problem(resp, 503, "store_unavailable")
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["store"] == "unavailable"
+    assert int(ready.headers["Retry-After"]) >= 1
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/openapi.json")).status == 200
+    assert (await client.get("/metrics")).status == 200
+
+    # Back on the same port (empty: no persistence): the client reconnects by itself.
+    await own_redis.start()
+
+    async def ready_again() -> bool:
+        return (await client.get("/readyz")).status == 200
+
+    await eventually(ready_again, 10)
+    again = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert again.status == 201, await again.text()
+    new_id = (await again.json())["id"]
+    code = await sandbox_code(client, PHONE)
+    checked = await client.post(
+        f"/v1/verifications/{new_id}/check", json={"code": code}, headers=AUTH
+    )
+    assert checked.status == 200
+    assert (await checked.json())["valid"] is True
+    no_unhandled_errors(service_logs)
+
+
+async def test_a_hung_redis_times_out_as_503_and_recovers(
+    aiohttp_client, own_redis, service_logs
+) -> None:
+    redis = aioredis.from_url(
+        own_redis.url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    client = await aiohttp_client(
+        create_app(make_settings(fresh_prefix(), resend_cooldown_s=0), redis=redis)
+    )
+    started = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert started.status == 201
+    vid = (await started.json())["id"]
+
+    own_redis.freeze()
+    try:
+        began = time.monotonic()
+        resp = await client.post(
+            f"/v1/verifications/{vid}/check", json={"code": "12345"}, headers=AUTH
+        )
+        await assert_problem(resp, 503, "store_unavailable")
+        assert time.monotonic() - began < 3, "a hung store must not hang the request"
+        resp = await client.post("/v1/verifications", json={"phone": PHONE_2}, headers=AUTH)
+        await assert_problem(resp, 503, "store_unavailable")
+        assert (await client.get("/readyz")).status == 503
+    finally:
+        own_redis.thaw()
+
+    async def ready_again() -> bool:
+        return (await client.get("/readyz")).status == 200
+
+    await eventually(ready_again, 10)
+    resp = await client.get(f"/v1/verifications/{vid}", headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "pending"
+    resp = await client.post("/v1/verifications", json={"phone": PHONE_2}, headers=AUTH)
+    assert resp.status == 201, await resp.text()
+    no_unhandled_errors(service_logs)
+    await redis.aclose()
+
+
+async def test_redis_lost_while_a_call_is_being_placed_is_503_and_the_phone_recovers(
+    aiohttp_client, own_redis, fake_newtel, service_logs
+) -> None:
+    """The worst moment: limits reserved, New-Tel ringing, then Redis goes away before the
+    verification is recorded. The caller gets a 503 (never a 500), and once Redis is back
+    the phone can be verified again."""
+    fake_newtel.mode, fake_newtel.delay_s = "slow", 0.5
+    settings = make_settings(
+        fresh_prefix(),
+        redis_url=own_redis.url,
+        provider="newtel",
+        newtel_base_url=fake_newtel.base_url,
+        newtel_access_key=fake_newtel.access_key,
+        newtel_signature_key=fake_newtel.signature_key,
+        api_keys="dev:dev",
+    )
+    client = await aiohttp_client(create_app(settings))
+    request = asyncio.ensure_future(
+        client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    )
+    await eventually(lambda: len(fake_newtel.calls_placed()) == 1)
+    await own_redis.stop()
+    resp = await request
+    await assert_problem(resp, 503, "store_unavailable")
+
+    await own_redis.start()
+    fake_newtel.mode = "success"
+
+    async def started_again() -> bool:
+        again = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+        return again.status == 201
+
+    await eventually(started_again, 10)
+    no_unhandled_errors(service_logs)
+
+
+# New-Tel ------------------------------------------------------------------------------------
+
+NEWTEL_FAULTS = {
+    # mode: (status, code)
+    "slow": (503, "provider_unavailable"),
+    "http_500": (503, "provider_unavailable"),
+    "refused": (503, "provider_unavailable"),
+    "malformed": (502, "provider_error"),
+    "wrong_envelope": (502, "provider_error"),
+    "method_error": (502, "provider_error"),
+}
+NEWTEL_TIMEOUT_S = 0.4
+# New-Tel faults do not depend on the store's topology: the real Redis and the embedded one
+# (overriding the conftest fixture's wider list keeps the suite's time bounded).
+STORES = pytest.mark.parametrize("backend", ["redis", "embedded"], indirect=True)
+
+
+async def verification_keys(backend: Any) -> list[str]:
+    return [k for k in await backend.keys() if ":v:" in k or ":c:" in k]
+
+
+@STORES
+@pytest.mark.parametrize("channel", ["flash_call", "voice_call"])
+@pytest.mark.parametrize("mode", sorted(NEWTEL_FAULTS))
+async def test_a_failing_new_tel_start_is_502_or_503_in_time_and_leaves_nothing_pending(
+    make_app, backend, fake_newtel, service_logs, mode: str, channel: str
+) -> None:
+    status, code = NEWTEL_FAULTS[mode]
+    overrides: dict[str, Any] = {"newtel_timeout_s": NEWTEL_TIMEOUT_S}
+    if mode == "refused":
+        overrides["newtel_base_url"] = f"http://127.0.0.1:{free_port()}"
+    else:
+        fake_newtel.mode = mode
+        fake_newtel.delay_s = 5.0
+    client = await make_app(newtel=True, **overrides)
+
+    began = time.monotonic()
+    resp = await client.post(
+        "/v1/verifications", json={"phone": PHONE, "channel": channel}, headers=AUTH
+    )
+    elapsed = time.monotonic() - began
+    await assert_problem(resp, status, code)
+    assert elapsed < NEWTEL_TIMEOUT_S + 1.5, f"answered after {elapsed:.2f}s"
+
+    # No pending leftovers: no verification, no pending pointer; the phone may start again
+    # at once (the failed call consumed no cooldown and no place in the phone's window).
+    assert await verification_keys(backend) == []
+    lookup = await client.post(
+        "/v1/verifications/check", json={"phone": PHONE, "code": "12345"}, headers=AUTH
+    )
+    await assert_problem(lookup, 404, "not_found")
+    healthy = client if mode != "refused" else await make_app(newtel=True)
+    fake_newtel.mode = "success"
+    again = await healthy.post(
+        "/v1/verifications", json={"phone": PHONE, "channel": channel}, headers=AUTH
+    )
+    assert again.status == 201, await again.text()
+    body = await again.json()
+    assert body["sends_left"] == 2
+    no_unhandled_errors(service_logs)
+
+
+@STORES
+@pytest.mark.parametrize("mode", ["slow", "http_500", "malformed"])
+async def test_a_failing_resend_keeps_the_verification_pending_and_its_send(
+    make_app, fake_newtel, service_logs, mode: str
+) -> None:
+    client = await make_app(newtel=True, newtel_timeout_s=NEWTEL_TIMEOUT_S, resend_cooldown_s=0)
+    started = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert started.status == 201
+    vid = (await started.json())["id"]
+    pin = fake_newtel.calls_placed()[-1].json["pin"]
+
+    fake_newtel.mode, fake_newtel.delay_s = mode, 5.0
+    resp = await client.post(f"/v1/verifications/{vid}/resend", headers=AUTH)
+    status, code = NEWTEL_FAULTS[mode]
+    await assert_problem(resp, status, code)
+
+    view = await (await client.get(f"/v1/verifications/{vid}", headers=AUTH)).json()
+    assert view["status"] == "pending"
+    assert view["sends_left"] == 2, "a call that was not placed is given back"
+    assert len(view["calls"]) == 1
+    fake_newtel.mode = "success"
+    resent = await client.post(f"/v1/verifications/{vid}/resend", headers=AUTH)
+    assert resent.status == 200, await resent.text()
+    assert (await resent.json())["sends_left"] == 1
+    # The newest code counts; the first one is now wrong.
+    new_pin = fake_newtel.calls_placed()[-1].json["pin"]
+    if new_pin != pin:
+        old = await client.post(f"/v1/verifications/{vid}/check", json={"code": pin}, headers=AUTH)
+        assert (await old.json())["valid"] is False
+    ok = await client.post(f"/v1/verifications/{vid}/check", json={"code": new_pin}, headers=AUTH)
+    assert (await ok.json())["valid"] is True
+    no_unhandled_errors(service_logs)
+
+
+# SIGTERM -------------------------------------------------------------------------------------
+
+
+async def test_sigterm_under_load_lets_every_in_flight_start_finish_and_exits_zero(
+    fake_newtel,
+) -> None:
+    fake_newtel.mode, fake_newtel.delay_s = "slow", 0.5
+    port = free_port()
+    proc = await start_service_process(
+        {
+            "CALLAUTH_PROVIDER": "newtel",
+            "CALLAUTH_NEWTEL_BASE_URL": fake_newtel.base_url,
+            "CALLAUTH_NEWTEL_ACCESS_KEY": fake_newtel.access_key,
+            "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake_newtel.signature_key,
+            "CALLAUTH_API_KEYS": "dev:dev",
+            "CALLAUTH_SECRET": SECRET,
+            "CALLAUTH_LOG_LEVEL": "warning",
+        },
+        port,
+    )
+    count = 20
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def start(phone: str) -> tuple[int, dict[str, Any]]:
+                async with http.post(
+                    f"http://127.0.0.1:{port}/v1/verifications",
+                    json={"phone": phone},
+                    headers=AUTH,
+                ) as resp:
+                    return resp.status, await resp.json(content_type=None)
+
+            load = [asyncio.ensure_future(start(p)) for p in phones(count, base=79035672000)]
+            await eventually(lambda: len(fake_newtel.calls_placed()) == count, 10)
+            proc.send_signal(signal.SIGTERM)
+            answers = await asyncio.wait_for(asyncio.gather(*load), 15)
+        assert [status for status, _ in answers] == [201] * count, answers
+        assert len({body["id"] for _, body in answers}) == count
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,323 @@
+"""Log hygiene: ALL log output of whole flows, sandbox and New-Tel, happy paths and errors,
+holds no code, pin, API key, New-Tel key, token, secret or full phone number. The one
+exception is the code in the sandbox's own `sandbox call placed` event. Redis, after the same
+flows, holds no plain code and no key either.
+
+Logs are captured through the service's real configuration (structlog processors, redaction
+and JSON renderer); stdlib logging (aiohttp's own messages) is captured at the level
+production lets through (WARNING and up).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import structlog
+from conftest import SECRET
+from fake_newtel import OWN_PIN, VOICE_ECHO_PIN
+from reliability_helpers import digits_present, spoken_code
+
+from service import logs
+
+STORES = pytest.mark.parametrize("backend", ["redis", "embedded"], indirect=True)
+
+API_KEYS = "acme:sk-acme-live-7f3a9c0d2e41,beta:sk-beta-live-5b8e1f6a0c93"
+ACME = {"Authorization": "Bearer sk-acme-live-7f3a9c0d2e41"}
+BETA = {"Authorization": "Bearer sk-beta-live-5b8e1f6a0c93"}
+WRONG_KEY = "sk-wrong-live-9d2c4b7a1e60"
+TEST_NUMBER, TEST_CODE = "77017654321", "24680"
+
+# Phones as the flows type them, and as E.164 digits (the latter must never be logged whole).
+SANDBOX_PHONES = {"+7 (903) 567-51-24": "79035675124", "8 903 567-51-27": "79035675127"}
+SANDBOX_KZ = {"+7 701 123 45 67": "77011234567"}
+NEWTEL_PHONES = {"+7 (903) 567-51-31": "79035675131", "79035675132": "79035675132"}
+NEWTEL_KZ = {"+7 (701) 555-12-34": "77015551234"}
+FAILING = "+7 903 567 51 40"
+
+
+@dataclass
+class Captured:
+    structured: io.StringIO = field(default_factory=io.StringIO)
+    stdlib: io.StringIO = field(default_factory=io.StringIO)
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.structured.getvalue().splitlines()]
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    capture = Captured()
+    logs.configure("debug", "json", stream=capture.structured, cache=False)
+    handler = logging.StreamHandler(capture.stdlib)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield capture
+    root.removeHandler(handler)
+    structlog.reset_defaults()
+
+
+def wrong(code: str) -> str:
+    return "".join(str((int(d) + 1) % 10) for d in code)
+
+
+async def sandbox_codes(client: Any, phone: str, headers: dict[str, str]) -> list[str]:
+    resp = await client.get("/v1/sandbox/calls", params={"phone": phone}, headers=headers)
+    assert resp.status == 200
+    return [c["code"] for c in (await resp.json())["calls"]]
+
+
+async def post(client: Any, path: str, body: Any, headers: dict[str, str]) -> Any:
+    return await client.post(path, json=body, headers=headers)
+
+
+async def sandbox_flows(client: Any) -> set[str]:
+    """Every route and most errors in sandbox mode; returns every code that was in play."""
+    codes: set[str] = {TEST_CODE}
+    for typed, digits in SANDBOX_PHONES.items():
+        started = await post(
+            client, "/v1/verifications", {"phone": typed, "ip": "203.0.113.7"}, ACME
+        )
+        assert started.status == 201
+        vid = (await started.json())["id"]
+        [code] = await sandbox_codes(client, digits, ACME)
+        codes |= {code, wrong(code)}
+        assert (
+            await post(client, f"/v1/verifications/{vid}/check", {"code": wrong(code)}, ACME)
+        ).status == 200
+        resent = await post(
+            client, f"/v1/verifications/{vid}/resend", {"channel": "voice_call"}, ACME
+        )
+        assert resent.status == 200
+        newest = (await sandbox_codes(client, digits, ACME))[0]
+        codes.add(newest)
+        ok = await post(client, "/v1/verifications/check", {"phone": typed, "code": newest}, ACME)
+        assert (await ok.json())["valid"] is True
+        again = await post(client, f"/v1/verifications/{vid}/check", {"code": newest}, ACME)
+        assert (await again.json())["valid"] is False
+        assert (await client.get(f"/v1/verifications/{vid}", headers=ACME)).status == 200
+
+    # Voice, another client, idempotency, cancel, then up to max_checks.
+    [(typed, digits)] = SANDBOX_KZ.items()
+    idem = {**BETA, "Idempotency-Key": "order-77011234567-code"}
+    first = await post(client, "/v1/verifications", {"phone": typed, "channel": "voice_call"}, idem)
+    replay = await post(
+        client, "/v1/verifications", {"phone": typed, "channel": "voice_call"}, idem
+    )
+    assert first.status == replay.status == 201
+    vid = (await first.json())["id"]
+    [code] = await sandbox_codes(client, digits, BETA)
+    codes.add(code)
+    for n in range(5):
+        bad = f"{(int(code) + 1 + n) % 100000:05d}"
+        codes.add(bad)
+        await post(client, f"/v1/verifications/{vid}/check", {"code": bad}, BETA)
+    refused = await post(client, f"/v1/verifications/{vid}/check", {"code": code}, BETA)
+    assert refused.status == 409
+    # ... and a pending one canceled.
+    started = await post(client, "/v1/verifications", {"phone": "+7 903 567 51 28"}, BETA)
+    assert started.status == 201
+    codes |= set(await sandbox_codes(client, "79035675128", BETA))
+    vid = (await started.json())["id"]
+    assert (await client.delete(f"/v1/verifications/{vid}", headers=BETA)).status == 200
+
+    # A test number: no call, a fixed code.
+    started = await post(client, "/v1/verifications", {"phone": "+7 701 765-43-21"}, ACME)
+    vid = (await started.json())["id"]
+    ok = await post(client, f"/v1/verifications/{vid}/check", {"code": TEST_CODE}, ACME)
+    assert (await ok.json())["valid"] is True
+
+    # Errors, each carrying a phone, a code or a key somewhere in the request.
+    bad_key = {"Authorization": f"Bearer {WRONG_KEY}"}
+    assert (
+        await post(client, "/v1/verifications", {"phone": "79035675124"}, bad_key)
+    ).status == 401
+    assert (
+        await client.post("/v1/verifications/check", json={"phone": "79035675124", "code": "11111"})
+    ).status == 401
+    assert (
+        await client.post(
+            "/v1/verifications/check",
+            data=b'{"phone": "79035675124", "code": "13572',
+            headers={**ACME, "Content-Type": "application/json"},
+        )
+    ).status == 400
+    codes.add("13572")
+    invalid = await post(
+        client,
+        "/v1/verifications/check",
+        {"phone": "79035675124", "code": "97531", "pin": "86420"},
+        ACME,
+    )
+    assert invalid.status == 422
+    codes |= {"97531", "86420"}
+    assert (await post(client, "/v1/verifications", {"phone": "+7 903 567 51"}, ACME)).status == 422
+    assert (
+        await post(client, "/v1/verifications", {"phone": "+44 20 7946 0958"}, ACME)
+    ).status == 422
+    statuses = [
+        (await post(client, "/v1/verifications", {"phone": "8 903 567-51-27"}, ACME)).status
+        for _ in range(5)
+    ]
+    assert 429 in statuses, statuses  # max_sends or the phone's window
+    codes |= set(await sandbox_codes(client, "79035675127", ACME))
+    assert (
+        await post(client, "/v1/verifications", {"phone": "79035675124", "x": "y" * 5000}, ACME)
+    ).status == 413
+    unknown = "vf_0123456789abcdef0123456789abcdef"
+    assert (
+        await post(client, f"/v1/verifications/{unknown}/check", {"code": "31415"}, ACME)
+    ).status == 404
+    codes.add("31415")
+    assert (await client.put(f"/v1/verifications/{unknown}", headers=ACME)).status == 405
+    assert (
+        await client.get("/v1/sandbox/calls", params={"phone": "79035675124"}, headers=bad_key)
+    ).status == 401
+    return codes
+
+
+async def newtel_flows(client: Any, fake: Any) -> set[str]:
+    """Flash, New-Tel's own pin, voice, call status, and every New-Tel failure."""
+    codes: set[str] = {OWN_PIN, VOICE_ECHO_PIN}
+    for typed, _digits in NEWTEL_PHONES.items():
+        started = await post(
+            client, "/v1/verifications", {"phone": typed, "ip": "198.51.100.4"}, ACME
+        )
+        assert started.status == 201
+        vid = (await started.json())["id"]
+        pin = fake.calls_placed()[-1].json["pin"]
+        codes |= {pin, wrong(pin)}
+        assert (
+            await post(client, f"/v1/verifications/{vid}/check", {"code": wrong(pin)}, ACME)
+        ).status == 200
+        fake.call_statuses[str(fake.calls_placed()[-1].json.get("callId", ""))] = "answered"
+        assert (await client.get(f"/v1/verifications/{vid}", headers=ACME)).status == 200
+        resent = await post(
+            client, f"/v1/verifications/{vid}/resend", {"channel": "voice_call"}, ACME
+        )
+        assert resent.status == 200
+        voice = spoken_code(fake.calls_placed()[-1].json["text"])
+        codes.add(voice)
+        ok = await post(client, "/v1/verifications/check", {"phone": typed, "code": voice}, ACME)
+        assert (await ok.json())["valid"] is True
+
+    fake.mode = "own_pin"
+    [(typed, _digits)] = NEWTEL_KZ.items()
+    started = await post(client, "/v1/verifications", {"phone": typed}, BETA)
+    vid = (await started.json())["id"]
+    codes.add(fake.calls_placed()[-1].json["pin"])
+    ok = await post(client, f"/v1/verifications/{vid}/check", {"code": OWN_PIN}, BETA)
+    assert (await ok.json())["valid"] is True
+
+    for mode in (
+        "method_error",
+        "http_500",
+        "malformed",
+        "wrong_envelope",
+        "invalid_number",
+        "slow",
+    ):
+        fake.mode, fake.delay_s = mode, 1.0
+        resp = await post(
+            client, "/v1/verifications", {"phone": FAILING, "channel": "voice_call"}, ACME
+        )
+        assert resp.status in (422, 502, 503), mode
+        body = await resp.text()
+        for code in {spoken_code(r.json["text"]) for r in fake.calls_placed() if "text" in r.json}:
+            assert not digits_present(code, body), (mode, body)
+    fake.mode = "success"
+    codes |= {r.json["pin"] for r in fake.calls_placed() if "pin" in r.json}
+    codes |= {spoken_code(r.json["text"]) for r in fake.calls_placed() if "text" in r.json}
+    return codes
+
+
+def scan(text: str, codes: set[str], secrets: set[str], phones: set[str], where: str) -> None:
+    for secret in secrets:
+        assert secret not in text, (where, secret)
+    for phone in phones:
+        assert not digits_present(phone, text), (where, phone)
+    for code in codes:
+        assert not digits_present(code, text), (where, code)
+
+
+@STORES
+async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
+    make_app, backend, fake_newtel, captured
+) -> None:
+    sandbox = await make_app(
+        api_keys=API_KEYS, resend_cooldown_s=0, test_numbers=f"{TEST_NUMBER}:{TEST_CODE}"
+    )
+    sandbox_codes_in_play = await sandbox_flows(sandbox)
+    newtel = await make_app(
+        newtel=True, api_keys=API_KEYS, resend_cooldown_s=0, newtel_timeout_s=0.3
+    )
+    newtel_codes = await newtel_flows(newtel, fake_newtel)
+    codes = sandbox_codes_in_play | newtel_codes
+
+    secrets = {
+        "sk-acme-live-7f3a9c0d2e41",
+        "sk-beta-live-5b8e1f6a0c93",
+        WRONG_KEY,
+        fake_newtel.access_key,
+        fake_newtel.signature_key,
+        SECRET,
+        "Bearer",
+    }
+    # The signed tokens the service sent to New-Tel.
+    secrets |= {r.headers["Authorization"] for r in fake_newtel.requests}
+    phones = {TEST_NUMBER, "79035675128", "79035675140"}
+    typed = {FAILING, "+7 701 765-43-21", "+7 903 567 51 28"}
+    for table in (SANDBOX_PHONES, SANDBOX_KZ, NEWTEL_PHONES, NEWTEL_KZ):
+        for as_typed, digits in table.items():
+            phones |= {digits, digits[1:]}  # E.164 and the national number
+            typed.add(as_typed)
+
+    lines = captured.lines()
+    events = {line["event"] for line in lines}
+    # The capture did see the flows (otherwise a clean scan would prove nothing).
+    assert {"call placed", "code checked", "sandbox call placed", "request"} <= events
+    assert sum(line["event"] == "request" for line in lines) >= 50
+    assert any(line.get("phone") == "7903***5124" for line in lines)
+
+    sandbox_events = [line for line in lines if line["event"] == "sandbox call placed"]
+    assert sandbox_events
+    for line in lines:
+        rest = dict(line)
+        if line["event"] == "sandbox call placed":
+            assert line["code"] in codes  # the one place a code may show
+            del rest["code"]
+        scan(json.dumps(rest, ensure_ascii=False), codes, secrets | typed, phones, line["event"])
+    scan(captured.stdlib.getvalue(), codes, secrets | typed, phones, "stdlib logging")
+
+    # Redis: no plain code, key or secret in any key, field, value or member (the phone is
+    # in the verification's record by design; key names carry only its keyed hash).
+    stored = 0
+    for key in await backend.keys():
+        kind = await backend.redis.type(key)
+        if kind == "string":
+            texts = [await backend.redis.get(key)]
+        elif kind == "hash":
+            texts = [s for pair in (await backend.redis.hgetall(key)).items() for s in pair]
+        elif kind == "zset":
+            texts = list(await backend.redis.zrange(key, 0, -1))
+        else:
+            raise AssertionError(f"{key}: unexpected type {kind}")
+        for phone in phones:
+            assert not digits_present(phone, key), key
+        for text in [key, *texts]:
+            stored += 1
+            for code in codes:
+                assert not digits_present(code, text), (key, code)
+            for secret in secrets - {"Bearer"}:
+                assert secret not in text, (key, secret)
+        if ":v:" in key:
+            code_hash = await backend.redis.hget(key, "code")
+            assert code_hash == "" or len(code_hash) == 64, key
+    assert stored > 20
