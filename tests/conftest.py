@@ -16,12 +16,14 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+import topology
 from aiohttp.test_utils import TestClient
 from fake_newtel import FakeNewTel
 
 from service import logs
 from service.app import create_app
 from service.settings import Settings
+from service.store import connect
 
 REDIS_URL = os.environ.get("CALLAUTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -68,16 +70,56 @@ async def _real_redis() -> Any:
     return client
 
 
-@pytest.fixture(params=["redis", "embedded"])
+def _need_redis_server() -> None:
+    reason = topology.missing_reason()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(reason + " (CI=true: a missing redis-server fails the run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cluster_topology() -> Iterator[topology.Cluster]:
+    """A local 3-master Redis Cluster, started once, only if a test asks for it."""
+    _need_redis_server()
+    with topology.start_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def sentinel_topology() -> Iterator[topology.SentinelSetup]:
+    """A local master + Sentinel (`mymaster`), started once, only if a test asks for it."""
+    _need_redis_server()
+    with topology.start_sentinel() as setup:
+        yield setup
+
+
+# Every store test on the local Cluster and Sentinel too roughly doubles the suite's time, so
+# by default tests/test_topologies.py runs the key flows there (indirect `backend` params);
+# CALLAUTH_TEST_TOPOLOGIES=all runs the whole suite on all four.
+BACKENDS = ["redis", "embedded"]
+if os.environ.get("CALLAUTH_TEST_TOPOLOGIES", "").lower() == "all":
+    BACKENDS += ["cluster", "sentinel"]
+
+
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """Every test that uses the store runs on the real Redis and on fakeredis."""
+    """The store under test: the real Redis, fakeredis, or ("cluster", "sentinel") a local
+    Redis Cluster or Sentinel set-up whose client the service's own connect() builds."""
     prefix = f"callauth-test:{RUN_ID}:{uuid.uuid4().hex[:8]}:"
     if request.param == "redis":
         client = await _real_redis()
-    else:
+    elif request.param == "embedded":
         client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    elif request.param == "cluster":
+        cluster = request.getfixturevalue("cluster_topology")
+        client = connect(make_settings(prefix, redis_url=cluster.url))
+    else:
+        sentinel = request.getfixturevalue("sentinel_topology")
+        client = connect(make_settings(prefix, redis_url=sentinel.url()))
     yield Backend(request.param, client, prefix)
-    # Only this test's own keys, never FLUSHDB: the Redis is shared.
+    # Only this test's own keys, never FLUSHDB: the Redis is shared. On a Cluster, scan_iter
+    # walks every master and delete() sends one DEL per slot.
     keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
     if keys:
         await client.delete(*keys)
