@@ -24,8 +24,9 @@ class Metrics:
         )
         self.checks = Counter(
             "callauth_checks_total",
-            "Code checks by outcome (approved, wrong, spent, max_checks, not_found)",
-            ["client", "outcome"],
+            "Code checks by channel of the latest call and outcome "
+            "(approved, wrong, spent, max_checks, not_found)",
+            ["client", "channel", "outcome"],
             registry=r,
         )
         self.rate_limited = Counter(

@@ -299,9 +299,9 @@ class Verifier:
                 verification_id, client, self._hash(verification_id, code), self._now_ms()
             )
         except NotFound:
-            self.metrics.checks.labels(client, "not_found").inc()
+            self.metrics.checks.labels(client, "unknown", "not_found").inc()
             raise
-        self.metrics.checks.labels(client, outcome).inc()
+        self.metrics.checks.labels(client, rec["channel"], outcome).inc()
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
             raise MaxChecksReached("too many wrong codes; start a new verification")

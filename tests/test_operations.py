@@ -191,8 +191,16 @@ async def test_metrics_count_starts_checks_refusals_and_newtel_latency(make_app,
         )
         == 1
     )
-    assert metric(text, "callauth_checks_total", client="dev", outcome="wrong") == 1
-    assert metric(text, "callauth_checks_total", client="dev", outcome="approved") == 1
+    assert (
+        metric(text, "callauth_checks_total", client="dev", channel="flash_call", outcome="wrong")
+        == 1
+    )
+    assert (
+        metric(
+            text, "callauth_checks_total", client="dev", channel="flash_call", outcome="approved"
+        )
+        == 1
+    )
     assert metric(text, "callauth_rate_limited_total", limit="cooldown") == 1
     assert metric(text, "callauth_newtel_request_seconds_count", method="flash_call") == 2
     assert metric(text, "callauth_store_seconds_count", op="check") == 2
