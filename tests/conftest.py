@@ -56,6 +56,26 @@ class Backend:
     async def keys(self) -> list[str]:
         return [k async for k in self.redis.scan_iter(match=self.prefix + "*", count=500)]
 
+    async def stored_strings(self) -> dict[str, list[str]]:
+        """Every key under the prefix with every string it holds: fields, values, members."""
+        out: dict[str, list[str]] = {}
+        for key in await self.keys():
+            kind = await self.redis.type(key)
+            if kind == "string":
+                texts = [await self.redis.get(key)]
+            elif kind == "hash":
+                texts = [s for pair in (await self.redis.hgetall(key)).items() for s in pair]
+            elif kind == "zset":
+                texts = list(await self.redis.zrange(key, 0, -1))
+            elif kind == "set":
+                texts = list(await self.redis.smembers(key))
+            elif kind == "list":
+                texts = list(await self.redis.lrange(key, 0, -1))
+            else:
+                raise AssertionError(f"{key} has an unexpected type {kind}")
+            out[key] = [key, *texts]
+        return out
+
 
 async def _real_redis() -> Any:
     client = aioredis.from_url(REDIS_URL, decode_responses=True, socket_connect_timeout=2)

@@ -40,29 +40,8 @@ async def check(client: Any, verification_id: str, code: str, headers: dict[str,
     )
 
 
-async def stored_strings(backend: Any) -> dict[str, list[str]]:
-    """Every key under the test's prefix with every string it holds (fields, values, members)."""
-    out: dict[str, list[str]] = {}
-    for key in await backend.keys():
-        kind = await backend.redis.type(key)
-        if kind == "string":
-            texts = [await backend.redis.get(key)]
-        elif kind == "hash":
-            texts = [s for pair in (await backend.redis.hgetall(key)).items() for s in pair]
-        elif kind == "zset":
-            texts = list(await backend.redis.zrange(key, 0, -1))
-        elif kind == "set":
-            texts = list(await backend.redis.smembers(key))
-        elif kind == "list":
-            texts = list(await backend.redis.lrange(key, 0, -1))
-        else:
-            raise AssertionError(f"{key} has an unexpected type {kind}")
-        out[key] = [key, *texts]
-    return out
-
-
 async def assert_no_code_stored_and_all_keys_expire(backend: Any, codes: Iterable[str]) -> None:
-    stored = await stored_strings(backend)
+    stored = await backend.stored_strings()
     assert any(":v:" in key for key in stored), "the flow left no verification to inspect"
     for key, texts in stored.items():
         for code in codes:
