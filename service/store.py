@@ -5,8 +5,8 @@ tag, so that one verification's keys and its phone's limits live in one Cluster 
 
     P{T}:v:<rand>       hash    a verification; id = "vf_" + T + <rand>    TTL: code TTL
     P{T}:c:<client>     string  the client's pending verification id       TTL: code TTL
-    P{T}:cd             string  resend cooldown for the phone              TTL: cooldown
-    P{T}:w              zset    calls to the phone (sliding window)        TTL: window
+    P{T}:w              zset    calls to the phone: sliding window and     TTL: window
+                                resend cooldown (its newest member)
     P{ip:<H>}           zset    starts from one end-user IP (H = HMAC)     TTL: window
     P{cl:<client>}      zset    calls paid by one client                   TTL: window
     P{idem:<client>}:<H> string an Idempotency-Key's first answer          TTL: code TTL
@@ -14,6 +14,10 @@ tag, so that one verification's keys and its phone's limits live in one Cluster 
 Limits are sliding-window logs (one zset member per call) rather than GCRA or fixed windows:
 they are exact at the window's edge, say precisely when the oldest call leaves the window
 (Retry-After), and a call that New-Tel refused is given back by removing its member.
+
+A verification hash holds only short fields (each call its own, code hash 128 bits), so it
+keeps Redis's compact listpack encoding; scripts return records as one JSON string, which
+costs far less to read than a flat reply.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
@@ -49,7 +54,8 @@ _LUA = Path(__file__).with_name("lua")
 
 
 def _script(name: str) -> str:
-    return (_LUA / f"{name}.lua").read_text("utf-8")
+    prelude = (_LUA / "_prelude.lua").read_text("utf-8")
+    return prelude + (_LUA / f"{name}.lua").read_text("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,16 @@ class Store:
         self._secret = secret
         self._scripts = {
             name: redis.register_script(_script(name))
-            for name in ("reserve", "window", "release", "commit", "check", "cancel", "call_status")
+            for name in (
+                "reserve",
+                "window",
+                "release",
+                "commit",
+                "check",
+                "cancel",
+                "call_status",
+                "get",
+            )
         }
 
     @contextmanager
@@ -140,7 +155,6 @@ class Store:
         vkey = self._vkey(verification_id) if verification_id else self._tagged(tag, "v:")
         phone_call = self._scripts["reserve"](
             keys=[
-                self._tagged(tag, "cd"),
                 self._tagged(tag, "w"),
                 self._tagged(tag, f"c:{client}"),
                 vkey,
@@ -167,11 +181,12 @@ class Store:
             # Independent keys (different slots on a Cluster): one round trip, several scripts.
             phone, *waits = await asyncio.gather(phone_call, *window_calls)
         outcome, value = phone[0], phone[1]
-        is_new = outcome == "ok" and not value
+        # An explicit resend knows its id; otherwise the script names the pending one, if any.
+        is_new = outcome == "ok" and not value and not verification_id
         reservation = Reservation(
             tag=tag,
             member=member,
-            id=self.new_id(tag) if is_new else str(value or verification_id or ""),
+            id=self.new_id(tag) if is_new else str(verification_id or value or ""),
             is_new=is_new,
             ip_key=windows[0][0] if ip else None,
             client_key=windows[-1][0] if client_limit is not None else None,
@@ -215,7 +230,7 @@ class Store:
             vkey = self._vkey(r.id) if resend else self._tagged(r.tag, "v:")
             calls.append(
                 self._scripts["release"](
-                    keys=[self._tagged(r.tag, "cd"), self._tagged(r.tag, "w"), vkey],
+                    keys=[self._tagged(r.tag, "w"), vkey],
                     args=[r.member, "1" if resend else "0"],
                 )
             )
@@ -231,7 +246,7 @@ class Store:
         channel: str,
         code_hmac: str,
         code_length: int,
-        call_json: str,
+        call: str,
         now_ms: int,
         ttl_ms: int,
         max_checks: int,
@@ -239,7 +254,7 @@ class Store:
     ) -> Record:
         """Record a placed call; raises NotFound if the verification ended meanwhile."""
         with self._op("commit"):
-            flat = await self._scripts["commit"](
+            raw = await self._scripts["commit"](
                 keys=[self._vkey(reservation.id), self._tagged(reservation.tag, f"c:{client}")],
                 args=[
                     reservation.id,
@@ -248,22 +263,23 @@ class Store:
                     channel,
                     code_hmac,
                     code_length,
-                    call_json,
+                    call,
                     now_ms,
                     ttl_ms,
                     max_checks,
                     resend_at_ms,
                 ],
             )
-        if not flat:
+        if not raw:
             raise NotFound("the verification ended while the call was placed")
-        return _record(flat)
+        return _record(raw, reservation.id)
 
     # Reads and checks ---------------------------------------------------------------------
 
     async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
         with self._op("get"):
-            rec: Record = await self.redis.hgetall(self._vkey(verification_id))
+            raw = await self._scripts["get"](keys=[self._vkey(verification_id)])
+        rec = _record(raw, verification_id) if raw else {}
         if not rec or rec.get("client") != client or int(rec["expires_at"]) <= now_ms:
             raise NotFound("no such verification")
         return rec
@@ -278,30 +294,38 @@ class Store:
     async def check(
         self, verification_id: str, client: str, code_hmac: str, now_ms: int
     ) -> tuple[str, Record]:
-        """Atomically compare, count and approve; returns the outcome and the record after it."""
+        """Atomically compare, count and approve; returns the outcome and, after it, the
+        verification's status, checks_left and channel."""
         with self._op("check"):
-            flat = await self._scripts["check"](
+            reply = await self._scripts["check"](
                 keys=[self._vkey(verification_id)], args=[client, code_hmac, now_ms]
             )
-        if flat[0] == "not_found":
+        if reply[0] == "not_found":
             raise NotFound("no such verification")
-        return str(flat[0]), _record(flat[1:])
+        outcome, status, checks_left, channel = reply
+        return outcome, {
+            "id": verification_id,
+            "status": status,
+            "checks_left": checks_left,
+            "channel": channel,
+        }
 
     async def cancel(self, verification_id: str, client: str, now_ms: int) -> Record:
         with self._op("cancel"):
-            flat = await self._scripts["cancel"](
+            raw = await self._scripts["cancel"](
                 keys=[self._vkey(verification_id)], args=[client, now_ms]
             )
-        if not flat:
+        if not raw:
             raise NotFound("no such verification")
-        return _record(flat)
+        return _record(raw, verification_id)
 
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int
     ) -> None:
+        """Keep New-Tel's word for call `index` (1-based) and when it was asked."""
         with self._op("call_status"):
             await self._scripts["call_status"](
-                keys=[self._vkey(verification_id)], args=[index + 1, status, now_ms]
+                keys=[self._vkey(verification_id)], args=[index, status, now_ms // 1000]
             )
 
     # Idempotency --------------------------------------------------------------------------
@@ -337,8 +361,10 @@ class Store:
         await self.redis.aclose()
 
 
-def _record(flat: list[Any]) -> Record:
-    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+def _record(raw: str, verification_id: str) -> Record:
+    rec: Record = orjson.loads(raw)
+    rec["id"] = verification_id
+    return rec
 
 
 def _seconds(ms: int) -> int:

@@ -93,11 +93,11 @@ class Verifier:
         return int(self._clock() * 1000)
 
     def _hash(self, verification_id: str, code: str) -> str:
+        """HMAC-SHA256 of the code, bound to its verification, cut to 128 bits."""
         message = f"{verification_id}:{code}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
 
     def view(self, rec: Record) -> Verification:
-        calls = json.loads(rec.get("calls", "[]"))
         return Verification(
             id=rec["id"],
             phone=rec["phone"],
@@ -109,8 +109,8 @@ class Verifier:
             sends_left=max(0, self.settings.max_sends - int(rec["sends"])),
             resend_after=_utc(rec["resend_at"]),
             calls=[
-                Call(c["channel"], _utc(c["placed_at"]), c.get("status") or "unknown")
-                for c in calls
+                Call(c.channel, _utc(c.placed_at_ms), c.status or "unknown")
+                for c in _stored_calls(rec)
             ],
         )
 
@@ -265,7 +265,6 @@ class Verifier:
         now_ms: int,
     ) -> tuple[Verification, bool]:
         s = self.settings
-        call = {"channel": channel, "placed_at": now_ms, "call_id": placed.call_id}
         rec = await self.store.commit(
             reservation,
             client=client,
@@ -273,7 +272,7 @@ class Verifier:
             channel=channel,
             code_hmac=self._hash(reservation.id, placed.code),
             code_length=len(placed.code),
-            call_json=json.dumps(call, separators=(",", ":")),
+            call=StoredCall.new(channel, now_ms, placed.call_id),
             now_ms=now_ms,
             ttl_ms=s.code_ttl_s * 1000,
             max_checks=s.max_checks,
@@ -320,26 +319,28 @@ class Verifier:
 
     async def get(self, client: str, verification_id: str) -> Verification:
         rec = await self.store.get(verification_id, client, self._now_ms())
-        if rec["status"] == "pending":
-            rec = await self._refresh_calls(client, rec)
+        # The sandbox never learns a call's outcome: nothing to ask, nothing to store.
+        if rec["status"] == "pending" and self.sandbox is None:
+            await self._refresh_calls(rec)
         return self.view(rec)
 
-    async def _refresh_calls(self, client: str, rec: Record) -> Record:
-        """Ask New-Tel for calls whose outcome is unknown, at most once per refresh period."""
+    async def _refresh_calls(self, rec: Record) -> None:
+        """Ask New-Tel for calls whose outcome is unknown, at most once per refresh period;
+        `rec` is updated in place."""
         now_ms = self._now_ms()
         due = [
-            (i, c)
-            for i, c in enumerate(json.loads(rec.get("calls", "[]")))
-            if c.get("call_id")
-            and not c.get("status")
-            and now_ms - int(c.get("checked_at", 0)) >= self.settings.status_refresh_s * 1000
+            c
+            for c in _stored_calls(rec)
+            if c.call_id
+            and not c.status
+            and now_ms - c.checked_at_s * 1000 >= self.settings.status_refresh_s * 1000
         ]
         if not due:
-            return rec
+            return
         statuses = await asyncio.gather(
-            *(self.provider.call_status(c["call_id"]) for _, c in due), return_exceptions=True
+            *(self.provider.call_status(c.call_id) for c in due), return_exceptions=True
         )
-        for (index, _), status in zip(due, statuses, strict=True):
+        for call, status in zip(due, statuses, strict=True):
             if isinstance(status, BaseException):
                 log.info(
                     "call status unavailable",
@@ -347,5 +348,46 @@ class Verifier:
                     error=type(status).__name__,
                 )
                 status = None
-            await self.store.set_call_status(rec["id"], index, status or "", now_ms)
-        return await self.store.get(rec["id"], client, now_ms)
+            word = (status or "").replace("|", " ")[:20]
+            await self.store.set_call_status(rec["id"], call.index, word, now_ms)
+            rec[f"call:{call.index}"] = call.checked(word, now_ms).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """One call as the store keeps it: `c|placed_at_ms|call_id|status|checked_at_s`."""
+
+    index: int
+    channel: str
+    placed_at_ms: int
+    call_id: str
+    status: str
+    checked_at_s: int
+
+    @staticmethod
+    def new(channel: str, placed_at_ms: int, call_id: str) -> str:
+        return f"{channel[0]}|{placed_at_ms}|{call_id}||0"
+
+    def checked(self, status: str, now_ms: int) -> StoredCall:
+        return StoredCall(
+            self.index, self.channel, self.placed_at_ms, self.call_id, status, now_ms // 1000
+        )
+
+    def encode(self) -> str:
+        return (
+            f"{self.channel[0]}|{self.placed_at_ms}|{self.call_id}|{self.status}|"
+            f"{self.checked_at_s}"
+        )
+
+
+_CHANNELS = {"f": "flash_call", "v": "voice_call"}
+
+
+def _stored_calls(rec: Record) -> list[StoredCall]:
+    calls = []
+    for index in range(1, int(rec.get("placed", 0)) + 1):
+        kind, placed_at, call_id, status, checked_at = rec[f"call:{index}"].split("|")
+        calls.append(
+            StoredCall(index, _CHANNELS[kind], int(placed_at), call_id, status, int(checked_at))
+        )
+    return calls

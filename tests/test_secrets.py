@@ -51,7 +51,7 @@ async def assert_no_code_stored_and_all_keys_expire(backend: Any, codes: Iterabl
     for key in stored:
         if ":v:" in key:
             code_hash = await backend.redis.hget(key, "code")
-            assert code_hash == "" or re.fullmatch(r"[0-9a-f]{64}", code_hash), key
+            assert code_hash == "" or re.fullmatch(r"[0-9a-f]{32}", code_hash), key
 
 
 # Redis --------------------------------------------------------------------------------------

@@ -1,15 +1,12 @@
--- Store New-Tel's word for call ARGV[1] (1-based) of a verification, keeping its TTL.
--- KEYS[1] verification. ARGV: index, status, checked_at_ms
-local calls = redis.call('HGET', KEYS[1], 'calls')
-if not calls then
-  return 0
-end
-local list = cjson.decode(calls)
-local call = list[tonumber(ARGV[1])]
+-- Store New-Tel's word for one call of a verification, keeping the key's TTL.
+-- KEYS[1] verification. ARGV: index (1-based), status ('' while unknown), checked_at_s
+-- A call field is "c|placed_at|call_id|status|checked_at".
+local field = 'call:' .. ARGV[1]
+local call = redis.call('HGET', KEYS[1], field)
 if not call then
   return 0
 end
-call['status'] = ARGV[2]
-call['checked_at'] = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'calls', cjson.encode(list))
+local channel, placed, id = string.match(call, '^([^|]*)|([^|]*)|([^|]*)|')
+redis.call('HSET', KEYS[1], field,
+  channel .. '|' .. placed .. '|' .. id .. '|' .. ARGV[2] .. '|' .. ARGV[3])
 return 1

@@ -1,16 +1,15 @@
 -- Check a code: compare keyed hashes in constant time, count a wrong try, approve once.
 -- KEYS[1] verification. ARGV: client, code_hmac, now_ms
--- Returns {outcome, record...}: outcome is 'approved', 'wrong', 'spent' (a check of a
--- verification that is no longer pending), 'max_checks', or 'not_found' (no record).
+-- Returns {outcome, status, checks_left, channel}: outcome is 'approved', 'wrong', 'spent'
+-- (a check of a verification that is no longer pending), 'max_checks', or 'not_found'.
 local rec = redis.call('HMGET', KEYS[1], 'client', 'status', 'code', 'checks_left', 'expires_at')
 -- Expiry follows the caller's clock too; the key's TTL (the same instant) collects it.
 if rec[1] ~= ARGV[1] or tonumber(rec[5]) <= tonumber(ARGV[3]) then
   return {'not_found'}
 end
 local function answer(outcome)
-  local out = redis.call('HGETALL', KEYS[1])
-  table.insert(out, 1, outcome)
-  return out
+  local now = redis.call('HMGET', KEYS[1], 'status', 'checks_left', 'channel')
+  return {outcome, now[1], now[2], now[3]}
 end
 if rec[2] == 'max_checks_reached' then
   return answer('max_checks')

@@ -1,12 +1,12 @@
--- Reserve one call to a phone: resend cooldown, per-phone sliding window, and (for a
--- resend) one of the verification's sends. All keys share the phone's hash tag.
--- KEYS[1] cooldown   KEYS[2] phone window   KEYS[3] client's pending id for the phone
--- KEYS[4] the verification to resend when ARGV[9] is '1'; otherwise only a key of the same
--- slot (a Cluster routes by every declared key) and the pending one in KEYS[3] is resent
+-- Reserve one call to a phone: the resend cooldown and the per-phone sliding window (one
+-- zset: its newest member is the last call), and for a resend one of the verification's
+-- sends. All keys share the phone's hash tag.
+-- KEYS[1] phone window   KEYS[2] client's pending id for the phone
+-- KEYS[3] the verification to resend when ARGV[9] is '1'; otherwise only a key of the same
+-- slot (a Cluster routes by every declared key) and the pending one in KEYS[2] is resent
 -- ARGV: now_ms, cooldown_ms, limit, window_ms, member, max_sends, client, vkey_base, explicit
 -- Returns {'ok', id_or_''} | {'rate_limited', retry_ms, 'cooldown' or 'phone'}
--- | {'max_sends', retry_ms}
--- | {'not_found', 0}
+-- | {'max_sends', retry_ms} | {'not_found', 0}
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -16,11 +16,11 @@ local explicit = ARGV[9] == '1'
 local vkey = ''
 local id = ''
 if explicit then
-  vkey = KEYS[4]
+  vkey = KEYS[3]
 else
-  id = redis.call('GET', KEYS[3]) or ''
+  id = redis.call('GET', KEYS[2]) or ''
   if id ~= '' then
-    -- Same slot as KEYS[3] by construction (the id carries the phone's tag).
+    -- Same slot as KEYS[2] by construction (the id carries the phone's tag).
     vkey = ARGV[8] .. string.sub(id, 20)
   end
 end
@@ -37,17 +37,21 @@ if vkey ~= '' then
   end
 end
 
--- The cooldown holds "<until_ms> <member>", so it follows the caller's clock; its TTL only
--- collects it. When it and the window both refuse, the later one is the Retry-After.
+-- Calls older than both the window and the cooldown matter to neither. When the cooldown
+-- and the window both refuse, the later one is the Retry-After.
+local keep = math.max(window, cooldown)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
 local wait, reason = 0, 'cooldown'
-local cd = redis.call('GET', KEYS[1])
-if cd then
-  wait = tonumber(string.match(cd, '^%d+')) - now
+if cooldown > 0 then
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then
+    wait = tonumber(last[2]) + cooldown - now
+  end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-if redis.call('ZCARD', KEYS[2]) >= limit then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  local reopens = math.max(1, tonumber(oldest[2]) + window - now)
+local inside = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), '+inf',
+  'WITHSCORES', 'LIMIT', 0, limit)
+if #inside / 2 >= limit then
+  local reopens = math.max(1, tonumber(inside[2]) + window - now)
   if reopens > wait then
     wait, reason = reopens, 'phone'
   end
@@ -56,15 +60,9 @@ if wait > 0 then
   return {'rate_limited', wait, reason}
 end
 
-if cooldown > 0 then
-  redis.call('SET', KEYS[1], (now + cooldown) .. ' ' .. ARGV[5], 'PX', cooldown)
-end
-redis.call('ZADD', KEYS[2], now, ARGV[5])
-redis.call('PEXPIRE', KEYS[2], window)
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], keep)
 if vkey ~= '' then
   redis.call('HINCRBY', vkey, 'sends', 1)
-  if id == '' then
-    id = redis.call('HGET', vkey, 'id')
-  end
 end
 return {'ok', id}
