@@ -6,7 +6,7 @@ machine is shared and noisy. Results: a table on stdout and bench/results/<times
 
 Phases (--phases picks some):
   small        check latency at 1k pending verifications (created through the API)
-  big          top up to 200k pending (pipelined Store scripts, sampled through the API),
+  big          top up to 200k pending (Verifier.start without HTTP, sampled through the API),
                check latency again
   memory       50k more created through the API: used_memory delta, MEMORY USAGE by key
                kind, keys per verification (their ids are the pool of the next phases)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -71,7 +71,7 @@ def _from_http(exc: web.HTTPException) -> ServiceError:
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id, render every error as problem+json, and write one access event."""
     given = request.headers.get("X-Request-ID", "")
-    request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    request_id = given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(16)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()

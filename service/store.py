@@ -28,8 +28,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +77,7 @@ class Store:
     ) -> None:
         self.redis = redis
         self._latency = (metrics or Metrics()).store_latency
+        self._timers: dict[str, Any] = {}
         self.prefix = prefix
         self._secret = secret
         self._scripts = {
@@ -94,15 +94,12 @@ class Store:
             )
         }
 
-    @contextmanager
-    def _op(self, name: str) -> Iterator[None]:
+    def _op(self, name: str) -> _Op:
         """Time one store operation; any failure to reach Redis is a 503, never a 500."""
-        started = time.perf_counter()
-        try:
-            with _unavailable():
-                yield
-        finally:
-            self._latency.labels(name).observe(time.perf_counter() - started)
+        timer = self._timers.get(name)
+        if timer is None:
+            timer = self._timers[name] = self._latency.labels(name)
+        return _Op(timer)
 
     # Keys -------------------------------------------------------------------------------
 
@@ -371,16 +368,27 @@ def _seconds(ms: int) -> int:
     return max(1, -(-ms // 1000))
 
 
-@contextmanager
-def _unavailable() -> Iterator[None]:
-    """Any failure to reach Redis is a 503, never a 500."""
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable("the store did not answer") from exc
-    except redis.exceptions.RedisError as exc:
-        # Cluster reshuffles, a loading replica, a read-only failover target: all passing.
-        raise StoreUnavailable(f"the store refused: {type(exc).__name__}") from exc
+class _Op:
+    """A class, not a generator-based context manager: it wraps every request's store call."""
+
+    __slots__ = ("_started", "_timer")
+
+    def __init__(self, timer: Any) -> None:
+        self._timer = timer
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        self._timer.observe(time.perf_counter() - self._started)
+        if isinstance(
+            exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError
+        ):
+            raise StoreUnavailable("the store did not answer") from exc
+        if isinstance(exc, redis.exceptions.RedisError):
+            # Cluster reshuffles, a loading replica, a read-only failover target: all passing.
+            raise StoreUnavailable(f"the store refused: {type(exc).__name__}") from exc
 
 
 def connect(settings: Settings) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
+from prometheus_client import Counter
 
 from service.errors import (
     CountryNotAllowed,
@@ -82,12 +83,21 @@ class Verifier:
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self._counters: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.settings = settings
         self.store = store
         self.provider = provider
         self.sandbox = provider if isinstance(provider, SandboxProvider) else None
         self._secret = secret
         self._clock = clock
+
+    def _count(self, counter: Counter, *labels: str) -> None:
+        """Increment a labelled counter; children are kept, as `labels()` is not free."""
+        key = (counter, labels)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = counter.labels(*labels)
+        child.inc()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -201,12 +211,12 @@ class Verifier:
             )
         except ServiceError as exc:
             kind = "resend" if verification_id else "start"
-            self.metrics.verifications.labels(client, channel, kind, exc.code).inc()
+            self._count(self.metrics.verifications, client, channel, kind, exc.code)
             if isinstance(exc, RateLimited):
-                self.metrics.rate_limited.labels(exc.limit).inc()
+                self._count(self.metrics.rate_limited, exc.limit)
             raise
         kind = "start" if created else "resend"
-        self.metrics.verifications.labels(client, channel, kind, "placed").inc()
+        self._count(self.metrics.verifications, client, channel, kind, "placed")
         return verification, created
 
     async def _send_call(
@@ -298,9 +308,9 @@ class Verifier:
                 verification_id, client, self._hash(verification_id, code), self._now_ms()
             )
         except NotFound:
-            self.metrics.checks.labels(client, "unknown", "not_found").inc()
+            self._count(self.metrics.checks, client, "unknown", "not_found")
             raise
-        self.metrics.checks.labels(client, rec["channel"], outcome).inc()
+        self._count(self.metrics.checks, client, rec["channel"], outcome)
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
             raise MaxChecksReached("too many wrong codes; start a new verification")
