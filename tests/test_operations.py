@@ -169,28 +169,13 @@ async def test_metrics_count_starts_checks_refusals_and_newtel_latency(make_app,
     resp = await client.get("/metrics")
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
-    assert (
-        metric(
-            text,
-            "callauth_verifications_total",
-            client="dev",
-            channel="flash_call",
-            kind="start",
-            result="placed",
-        )
-        == 1
-    )
-    assert (
-        metric(
-            text,
-            "callauth_verifications_total",
-            client="dev",
-            channel="flash_call",
-            kind="start",
-            result="provider_error",
-        )
-        == 1
-    )
+
+    def starts(result: str) -> float:
+        labels = {"client": "dev", "channel": "flash_call", "kind": "start", "result": result}
+        return metric(text, "callauth_verifications_total", **labels)
+
+    assert starts("placed") == 1
+    assert starts("provider_error") == 1
     assert (
         metric(text, "callauth_checks_total", client="dev", channel="flash_call", outcome="wrong")
         == 1
