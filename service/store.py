@@ -65,17 +65,23 @@ class Reservation:
     member: str
     id: str
     is_new: bool
-    ip_key: str | None
-    client_key: str | None
+    folded: tuple[str, ...]  # windows taken by the reserve script itself
+    apart: tuple[str, ...]  # windows taken by scripts of their own (a Cluster)
 
 
 class Store:
     """Verification state and limits in Redis (or fakeredis, through the same scripts)."""
 
     def __init__(
-        self, redis: Any, *, prefix: str, secret: bytes, metrics: Metrics | None = None
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        secret: bytes,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)
         self._latency = (metrics or Metrics()).store_latency
         self._timers: dict[str, Any] = {}
         self.prefix = prefix
@@ -144,17 +150,22 @@ class Store:
     ) -> Reservation:
         """Take a call from every limit that applies, or take nothing and raise RateLimited."""
         member = secrets.token_hex(8)
-        windows: list[tuple[str, Limit]] = []
+        windows: list[tuple[str, str, Limit]] = []
         if ip:
-            windows.append((self._ip_key(ip), ip_limit))
+            windows.append(("ip", self._ip_key(ip), ip_limit))
         if client_limit is not None:
-            windows.append((f"{self.prefix}{{cl:{client}}}", client_limit))
+            windows.append(("client", f"{self.prefix}{{cl:{client}}}", client_limit))
+        # On one Redis every limit is taken in the same script, all or nothing. A Cluster keeps
+        # the IP's and the client's windows in other slots: one script each, in the same round
+        # trip, and what a refused start took is given back.
+        folded = windows if not self.cluster else []
         vkey = self._vkey(verification_id) if verification_id else self._tagged(tag, "v:")
         phone_call = self._scripts["reserve"](
             keys=[
                 self._tagged(tag, "w"),
                 self._tagged(tag, f"c:{client}"),
                 vkey,
+                *(key for _, key, _ in folded),
             ],
             args=[
                 now_ms,
@@ -166,17 +177,23 @@ class Store:
                 client,
                 self._tagged(tag, "v:"),
                 "1" if verification_id else "0",
+                *(v for name, _, lim in folded for v in (name, lim.count, lim.window_s * 1000)),
             ],
         )
-        window_calls = [
-            self._scripts["window"](
-                keys=[key], args=[now_ms, limit.window_s * 1000, limit.count, member]
-            )
-            for key, limit in windows
-        ]
+        apart = [] if folded else windows
         with self._op("reserve"):
-            # Independent keys (different slots on a Cluster): one round trip, several scripts.
-            phone, *waits = await asyncio.gather(phone_call, *window_calls)
+            if apart:
+                phone, *waits = await asyncio.gather(
+                    phone_call,
+                    *(
+                        self._scripts["window"](
+                            keys=[key], args=[now_ms, lim.window_s * 1000, lim.count, member]
+                        )
+                        for _, key, lim in apart
+                    ),
+                )
+            else:
+                phone, waits = await phone_call, []
         outcome, value = phone[0], phone[1]
         # An explicit resend knows its id; otherwise the script names the pending one, if any.
         is_new = outcome == "ok" and not value and not verification_id
@@ -185,12 +202,13 @@ class Store:
             member=member,
             id=self.new_id(tag) if is_new else str(verification_id or value or ""),
             is_new=is_new,
-            ip_key=windows[0][0] if ip else None,
-            client_key=windows[-1][0] if client_limit is not None else None,
+            folded=tuple(key for _, key, _ in folded),
+            apart=tuple(key for _, key, _ in apart),
         )
         if outcome == "ok" and not any(int(w) > 0 for w in waits):
             return reservation
-        await self._give_back(reservation, took_phone=outcome == "ok", took_windows=waits)
+        if apart:
+            await self._give_back(reservation, took_phone=outcome == "ok", took_apart=waits)
         if outcome == "not_found":
             raise NotFound("no such verification")
         if outcome == "max_sends":
@@ -203,23 +221,22 @@ class Store:
         wait_ms, limit = 0, ""
         if outcome == "rate_limited":
             wait_ms, limit = int(value), str(phone[2])
-        for i, w in enumerate(int(w) for w in waits):
+        for (name, _, _), w in zip(apart, (int(w) for w in waits), strict=True):
             if w > wait_ms:
-                wait_ms, limit = w, "ip" if ip and i == 0 else "client"
+                wait_ms, limit = w, name
         raise RateLimited(
             "too many calls; try again later", retry_after=_seconds(wait_ms), limit=limit
         )
 
     async def release(self, reservation: Reservation) -> None:
         """Give back what a start took when its call was not placed."""
-        await self._give_back(reservation, took_phone=True, took_windows=None)
+        await self._give_back(reservation, took_phone=True, took_apart=None)
 
     async def _give_back(
-        self, r: Reservation, *, took_phone: bool, took_windows: list[Any] | None
+        self, r: Reservation, *, took_phone: bool, took_apart: list[Any] | None
     ) -> None:
-        keys = [k for k in (r.ip_key, r.client_key) if k]
         taken = [
-            key for i, key in enumerate(keys) if took_windows is None or int(took_windows[i]) == 0
+            key for i, key in enumerate(r.apart) if took_apart is None or int(took_apart[i]) == 0
         ]
         calls: list[Awaitable[Any]] = [self.redis.zrem(key, r.member) for key in taken]
         if took_phone:
@@ -227,7 +244,7 @@ class Store:
             vkey = self._vkey(r.id) if resend else self._tagged(r.tag, "v:")
             calls.append(
                 self._scripts["release"](
-                    keys=[self._tagged(r.tag, "w"), vkey],
+                    keys=[self._tagged(r.tag, "w"), vkey, *r.folded],
                     args=[r.member, "1" if resend else "0"],
                 )
             )

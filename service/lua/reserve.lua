@@ -4,8 +4,12 @@
 -- KEYS[1] phone window   KEYS[2] client's pending id for the phone
 -- KEYS[3] the verification to resend when ARGV[9] is '1'; otherwise only a key of the same
 -- slot (a Cluster routes by every declared key) and the pending one in KEYS[2] is resent
--- ARGV: now_ms, cooldown_ms, limit, window_ms, member, max_sends, client, vkey_base, explicit
+-- KEYS[4..] more windows to take from in the same step (the end-user IP's, the client's
+-- budget) where they may share a script: a single Redis or Sentinel, not a Cluster
+-- ARGV: now_ms, cooldown_ms, limit, window_ms, member, max_sends, client, vkey_base, explicit,
+--       then name, limit, window_ms for each of KEYS[4..]
 -- Returns {'ok', id_or_''} | {'rate_limited', retry_ms, 'cooldown' or 'phone'}
+-- | {'rate_limited', retry_ms, name of a KEYS[4..] window}
 -- | {'max_sends', retry_ms} | {'not_found', 0}
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
@@ -56,12 +60,29 @@ if #inside / 2 >= limit then
     wait, reason = reopens, 'phone'
   end
 end
+for i = 4, #KEYS do
+  local a = 10 + (i - 4) * 3
+  local other_limit, other_window = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - other_window)
+  if redis.call('ZCARD', KEYS[i]) >= other_limit then
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    local reopens = math.max(1, tonumber(oldest[2]) + other_window - now)
+    if reopens > wait then
+      wait, reason = reopens, ARGV[a]
+    end
+  end
+end
 if wait > 0 then
   return {'rate_limited', wait, reason}
 end
 
+-- Nothing is taken unless every limit admits the call.
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], keep)
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], now, ARGV[5])
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[10 + (i - 4) * 3 + 2]))
+end
 if vkey ~= '' then
   redis.call('HINCRBY', vkey, 'sends', 1)
 end
