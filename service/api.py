@@ -103,7 +103,6 @@ class SandboxCallsOut(BaseModel):
 
 
 VERIFIER = web.AppKey("verifier", Verifier)
-SETTINGS = web.AppKey("settings", Settings)
 API_KEYS = web.AppKey("api_keys", dict)
 
 

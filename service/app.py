@@ -152,7 +152,6 @@ def create_app(
 ) -> web.Application:
     """Build the application; resources open and close with it (cleanup_ctx)."""
     app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
-    app[api.SETTINGS] = settings
     metrics = app[METRICS] = Metrics()
     app[BREAKER] = None
     app[MONITOR] = None

@@ -77,10 +77,6 @@ class CircuitBreaker:
         """A call cancelled by its caller is neither an outage nor a success: free the probe."""
         self._probing = False
 
-    @property
-    def is_open(self) -> bool:
-        return self.state == "open"
-
 
 class GuardedProvider:
     """The provider behind the breaker, timed and counted per method."""

@@ -352,11 +352,6 @@ class Store:
             )
         return None if claimed is None else str(claimed)
 
-    async def idempotency_get(self, client: str, key: str) -> str | None:
-        with self._op("idempotency"):
-            value = await self.redis.get(self._idem_key(client, key))
-        return None if value is None else str(value)
-
     async def idempotency_store(self, client: str, key: str, answer: str, ttl_ms: int) -> None:
         with self._op("idempotency"):
             await self.redis.set(self._idem_key(client, key), answer, px=ttl_ms, xx=True)

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.phones import mask, normalize
-from service.providers.base import Channel, PlacedCall, Provider
+from service.providers.base import Channel, PlacedCall, Provider, random_digits
 from service.providers.sandbox import SandboxProvider
 from service.settings import Settings
 from service.store import Record, Reservation, Store
@@ -254,10 +253,10 @@ class Verifier:
         if test_code is not None:
             return PlacedCall(call_id="", code=test_code)
         if channel == "voice_call":
-            code = "".join(secrets.choice("0123456789") for _ in range(self.settings.code_length))
+            code = random_digits(self.settings.code_length)
             text = self.settings.voice_text.replace("{code}", " ".join(code))
             return await self.provider.voice_call(phone, code, text)
-        return await self.provider.flash_call(phone, f"{secrets.randbelow(100_000):05d}")
+        return await self.provider.flash_call(phone, random_digits(5))
 
     async def _release(self, reservation: Reservation) -> None:
         try:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Channel = Literal["flash_call", "voice_call"]
+
+
+def random_digits(length: int) -> str:
+    """A code of `length` digits from the CSPRNG."""
+    return "".join(secrets.choice("0123456789") for _ in range(length))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import structlog
 
 from service.phones import mask
-from service.providers.base import PlacedCall
+from service.providers.base import PlacedCall, random_digits
 
 log = structlog.get_logger("service.sandbox")
 
@@ -41,9 +41,6 @@ class SandboxProvider:
         self._by_phone: OrderedDict[str, deque[SandboxCall]] = OrderedDict()
         self._by_id: dict[str, SandboxCall] = {}
 
-    def _code(self) -> str:
-        return "".join(secrets.choice("0123456789") for _ in range(self.code_length))
-
     def _place(self, phone: str, channel: str, code: str, **extra: str) -> PlacedCall:
         call = SandboxCall(
             f"sandbox-{secrets.token_hex(8)}", phone, channel, code, time.time(), **extra
@@ -63,7 +60,7 @@ class SandboxProvider:
         return PlacedCall(call_id=call.call_id, code=code)
 
     async def flash_call(self, phone: str, pin: str) -> PlacedCall:
-        code = self._code()
+        code = random_digits(self.code_length)
         # Shown as New-Tel's pool numbers look: the last digits of the caller are the code.
         caller = "7495" + "0" * (7 - len(code)) + code
         return self._place(phone, "flash_call", code, caller=caller)
