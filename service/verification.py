@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -137,6 +138,7 @@ class Verifier:
         phone = normalize(raw_phone)
         if phone.region not in self.settings.allowed_countries:
             raise CountryNotAllowed(f"numbers of region {phone.region or '??'} are not served")
+        ip = _ip_bucket(ip) if ip else None
         if idempotency_key is None:
             return await self._send(client, phone.e164_digits, channel, ip, None)
         ttl_ms = self.settings.code_ttl_s * 1000
@@ -390,6 +392,17 @@ class StoredCall:
 
 
 _CHANNELS = {"f": "flash_call", "v": "voice_call"}
+
+
+def _ip_bucket(ip: str) -> str:
+    """What the IP limit counts: an IPv4 address, or an IPv6 /64, the block one subscriber
+    usually holds (so rotating addresses inside it does not escape the limit)."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _stored_calls(rec: Record) -> list[StoredCall]:

@@ -132,6 +132,19 @@ async def test_two_spellings_of_one_ipv6_address_share_its_limit(make_app) -> No
     await assert_rate_limited(await start(client, PHONES[1], ip="2001:db8::1"))
 
 
+async def test_the_ip_limit_counts_an_ipv6_64_block_as_one_subscriber(make_app) -> None:
+    client = await make_app(ip_limit="1/3600")
+    assert (await start(client, PHONES[0], ip="2001:db8:1:2::1")).status == 201
+    await assert_rate_limited(await start(client, PHONES[1], ip="2001:db8:1:2:ffff::9"))
+    assert (await start(client, PHONES[2], ip="2001:db8:1:3::1")).status == 201
+
+
+async def test_an_ipv4_mapped_address_counts_as_its_ipv4(make_app) -> None:
+    client = await make_app(ip_limit="1/3600")
+    assert (await start(client, PHONES[0], ip="203.0.113.7")).status == 201
+    await assert_rate_limited(await start(client, PHONES[1], ip="::ffff:203.0.113.7"))
+
+
 async def test_a_start_refused_by_the_cooldown_takes_nothing_from_the_ip_or_client(
     make_app, clock: Clock
 ) -> None:
