@@ -67,6 +67,12 @@ def _from_http(exc: web.HTTPException) -> ServiceError:
     return NotFound("no such route")
 
 
+def _route(request: web.Request) -> str:
+    """The route's template, never the raw path: a client may have put a code in a URL."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource else "(unmatched)"
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id, render every error as problem+json, and write one access event."""
@@ -87,15 +93,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         except ServiceError as err:
             response = _problem_response(err)
         except Exception:
-            log.exception("unhandled error", method=request.method, path=request.path)
+            log.exception("unhandled error", method=request.method, route=_route(request))
             response = _problem_response(ServiceError("an unexpected error; it was logged"))
         response.headers["X-Request-ID"] = request_id
-        route = request.match_info.route.resource
         log.info(
             "request",
             method=request.method,
-            # Never the raw path of an unmatched request: a client may have put a code in it.
-            route=route.canonical if route else "(unmatched)",
+            route=_route(request),
             status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
