@@ -1,23 +1,23 @@
 """Redis adapter: every state change is one Lua script with its TTL inside it.
 
 Key shapes (P = CALLAUTH_KEY_PREFIX, T = 16 hex of HMAC(secret, phone), the phone's hash
-tag, so that one verification's keys and its phone's limits live in one Cluster slot):
+tag, so that phone numbers never appear in key names):
 
-    P{T}:v:<rand>       hash    a verification; id = "vf_" + T + <rand>    TTL: code TTL
-    P{T}:c:<client>     string  the client's pending verification id       TTL: code TTL
-    P{T}:w              zset    calls to the phone: sliding window and     TTL: window
-                                resend cooldown (its newest member)
-    P{ip:<H>}           zset    starts from one end-user IP (H = HMAC)     TTL: window
-    P{cl:<client>}      zset    calls paid by one client                   TTL: window
-    P{idem:<client>}:<H> string an Idempotency-Key's first answer          TTL: code TTL
+    P{T}                  string  everything of one phone, as JSON (lua/_prelude.lua): its
+                                  calls (sliding window, resend cooldown), each client's
+                                  pending verification, the verifications themselves
+                                  (id = "vf_" + T + <rand>). TTL: what of it matters longest
+    P{ip:<H>}             hash    starts from one end-user IP (H = HMAC) per slot. TTL: window
+    P{cl:<client>}        hash    calls paid by one client per slot. TTL: window
+    P{idem:<client>}:<H>  string  an Idempotency-Key's first answer. TTL: code TTL
 
-Limits are sliding-window logs (one zset member per call) rather than GCRA or fixed windows:
-they are exact at the window's edge, say precisely when the oldest call leaves the window
-(Retry-After), and a call that New-Tel refused is given back by removing its member.
+One key per phone: a pending verification costs one key, not three, and every rule that
+joins a phone's calls and its verifications (cooldown, window, resend, the pending one) is
+one script on one key, on a Cluster too. The phone's window is an exact log of its few
+calls; the IP's and the client's windows, which may hold thousands, are 60 slot counters
+each (see window_wait in lua/_prelude.lua): memory bounded per limit, not per call.
 
-A verification hash holds only short fields (each call its own, code hash 128 bits), so it
-keeps Redis's compact listpack encoding; scripts return records as one JSON string, which
-costs far less to read than a flat reply.
+A status read is a plain GET: the record is already JSON, and a script would only copy it.
 """
 
 from __future__ import annotations
@@ -44,9 +44,21 @@ from service.errors import NotFound, RateLimited, StoreUnavailable
 from service.metrics import Metrics
 from service.settings import Limit, Settings
 
-Record = dict[str, str]
+Record = dict[str, Any]
 
 _ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
+# A verification's fields, in the order the scripts keep them (lua/_prelude.lua).
+_FIELDS = (
+    "client",
+    "status",
+    "channel",
+    "code_length",
+    "checks_left",
+    "sends",
+    "expires_at",
+    "resend_at",
+    "calls",
+)
 
 
 _LUA = Path(__file__).with_name("lua")
@@ -62,11 +74,12 @@ class Reservation:
     """What a start took from the limits, to give back if the call is not placed."""
 
     tag: str
-    member: str
+    at_ms: int
+    keep_ms: int  # how long the phone's state keeps a call (window or cooldown)
     id: str
     is_new: bool
-    folded: tuple[str, ...]  # windows taken by the reserve script itself
-    apart: tuple[str, ...]  # windows taken by scripts of their own (a Cluster)
+    folded: tuple[tuple[str, int], ...]  # (key, window_ms) taken by the reserve script itself
+    apart: tuple[tuple[str, int], ...]  # taken by scripts of their own (a Cluster)
 
 
 class Store:
@@ -88,16 +101,7 @@ class Store:
         self._secret = secret
         self._scripts = {
             name: redis.register_script(_script(name))
-            for name in (
-                "reserve",
-                "window",
-                "release",
-                "commit",
-                "check",
-                "cancel",
-                "call_status",
-                "get",
-            )
+            for name in ("reserve", "window", "release", "commit", "check", "cancel", "call_status")
         }
 
     def _op(self, name: str) -> _Op:
@@ -115,14 +119,15 @@ class Store:
     def new_id(self, tag: str) -> str:
         return f"vf_{tag}{secrets.token_urlsafe(12)}"
 
-    def _vkey(self, verification_id: str) -> str:
+    def _phone_key(self, tag: str) -> str:
+        return f"{self.prefix}{{{tag}}}"
+
+    def _located(self, verification_id: str) -> tuple[str, str]:
+        """The key of the phone that a verification id names, and the id's own part."""
         match = _ID.match(verification_id)
         if not match:
             raise NotFound("no such verification")
-        return f"{self.prefix}{{{match[1]}}}:v:{match[2]}"
-
-    def _tagged(self, tag: str, suffix: str) -> str:
-        return f"{self.prefix}{{{tag}}}:{suffix}"
+        return self._phone_key(match[1]), match[2]
 
     def _ip_key(self, ip: str) -> str:
         digest = hmac.new(self._secret, b"ip:" + ip.encode(), hashlib.sha256).hexdigest()[:24]
@@ -149,7 +154,6 @@ class Store:
         client_limit: Limit | None,
     ) -> Reservation:
         """Take a call from every limit that applies, or take nothing and raise RateLimited."""
-        member = secrets.token_hex(8)
         windows: list[tuple[str, str, Limit]] = []
         if ip:
             windows.append(("ip", self._ip_key(ip), ip_limit))
@@ -159,24 +163,19 @@ class Store:
         # the IP's and the client's windows in other slots: one script each, in the same round
         # trip, and what a refused start took is given back.
         folded = windows if not self.cluster else []
-        vkey = self._vkey(verification_id) if verification_id else self._tagged(tag, "v:")
+        # A malformed id is not found before anything is taken.
+        resent = self._located(verification_id)[1] if verification_id else ""
+        phone_window_ms = phone_limit.window_s * 1000
         phone_call = self._scripts["reserve"](
-            keys=[
-                self._tagged(tag, "w"),
-                self._tagged(tag, f"c:{client}"),
-                vkey,
-                *(key for _, key, _ in folded),
-            ],
+            keys=[self._phone_key(tag), *(key for _, key, _ in folded)],
             args=[
                 now_ms,
                 cooldown_ms,
                 phone_limit.count,
-                phone_limit.window_s * 1000,
-                member,
+                phone_window_ms,
                 max_sends,
                 client,
-                self._tagged(tag, "v:"),
-                "1" if verification_id else "0",
+                resent,
                 *(v for name, _, lim in folded for v in (name, lim.count, lim.window_s * 1000)),
             ],
         )
@@ -187,7 +186,7 @@ class Store:
                     phone_call,
                     *(
                         self._scripts["window"](
-                            keys=[key], args=[now_ms, lim.window_s * 1000, lim.count, member]
+                            keys=[key], args=[now_ms, lim.window_s * 1000, lim.count, "take"]
                         )
                         for _, key, lim in apart
                     ),
@@ -199,11 +198,12 @@ class Store:
         is_new = outcome == "ok" and not value and not verification_id
         reservation = Reservation(
             tag=tag,
-            member=member,
-            id=self.new_id(tag) if is_new else str(verification_id or value or ""),
+            at_ms=now_ms,
+            keep_ms=max(phone_window_ms, cooldown_ms),
+            id=self.new_id(tag) if is_new else verification_id or f"vf_{tag}{value}",
             is_new=is_new,
-            folded=tuple(key for _, key, _ in folded),
-            apart=tuple(key for _, key, _ in apart),
+            folded=tuple((key, lim.window_s * 1000) for _, key, lim in folded),
+            apart=tuple((key, lim.window_s * 1000) for _, key, lim in apart),
         )
         if outcome == "ok" and not any(int(w) > 0 for w in waits):
             return reservation
@@ -235,17 +235,21 @@ class Store:
     async def _give_back(
         self, r: Reservation, *, took_phone: bool, took_apart: list[Any] | None
     ) -> None:
-        taken = [
-            key for i, key in enumerate(r.apart) if took_apart is None or int(took_apart[i]) == 0
+        calls: list[Awaitable[Any]] = [
+            self._scripts["window"](keys=[key], args=[r.at_ms, window_ms, 0, "give"])
+            for i, (key, window_ms) in enumerate(r.apart)
+            if took_apart is None or int(took_apart[i]) == 0
         ]
-        calls: list[Awaitable[Any]] = [self.redis.zrem(key, r.member) for key in taken]
         if took_phone:
-            resend = not r.is_new and bool(r.id)
-            vkey = self._vkey(r.id) if resend else self._tagged(r.tag, "v:")
             calls.append(
                 self._scripts["release"](
-                    keys=[self._tagged(r.tag, "w"), vkey, *r.folded],
-                    args=[r.member, "1" if resend else "0"],
+                    keys=[self._phone_key(r.tag), *(key for key, _ in r.folded)],
+                    args=[
+                        r.at_ms,
+                        r.keep_ms,
+                        "" if r.is_new else self._located(r.id)[1],
+                        *(window_ms for _, window_ms in r.folded),
+                    ],
                 )
             )
         with self._op("release"):
@@ -260,60 +264,69 @@ class Store:
         channel: str,
         code_hmac: str,
         code_length: int,
-        call: str,
-        now_ms: int,
+        call_id: str,
         ttl_ms: int,
         max_checks: int,
         resend_at_ms: int,
     ) -> Record:
         """Record a placed call; raises NotFound if the verification ended meanwhile."""
+        r = reservation
         with self._op("commit"):
             raw = await self._scripts["commit"](
-                keys=[self._vkey(reservation.id), self._tagged(reservation.tag, f"c:{client}")],
+                keys=[self._phone_key(r.tag)],
                 args=[
-                    reservation.id,
+                    self._located(r.id)[1],
                     client,
                     phone,
                     channel,
                     code_hmac,
                     code_length,
-                    call,
-                    now_ms,
+                    call_id,
+                    r.at_ms,
                     ttl_ms,
                     max_checks,
                     resend_at_ms,
+                    r.keep_ms,
+                    "1" if r.is_new else "0",
                 ],
             )
         if not raw:
             raise NotFound("the verification ended while the call was placed")
-        return _record(raw, reservation.id)
+        phone_digits, fields = orjson.loads(raw)
+        return _record(reservation.id, phone_digits, fields)
 
     # Reads and checks ---------------------------------------------------------------------
 
-    async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
+    async def _state(self, key: str) -> dict[str, Any]:
         with self._op("get"):
-            raw = await self._scripts["get"](keys=[self._vkey(verification_id)])
-        rec = _record(raw, verification_id) if raw else {}
-        if not rec or rec.get("client") != client or int(rec["expires_at"]) <= now_ms:
+            raw = await self.redis.get(key)
+        state: dict[str, Any] = orjson.loads(raw) if raw else {}
+        return state
+
+    async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
+        key, rand = self._located(verification_id)
+        state = await self._state(key)
+        # An empty table is [] to some Lua JSON encoders and {} to others.
+        fields = (state.get("v") or {}).get(rand)
+        if not fields or fields[0] != client or fields[6] <= now_ms:
             raise NotFound("no such verification")
-        return rec
+        return _record(verification_id, state["p"], fields)
 
     async def pending_id(self, tag: str, client: str) -> str:
-        with self._op("get"):
-            value = await self.redis.get(self._tagged(tag, f"c:{client}"))
-        if not value:
+        state = await self._state(self._phone_key(tag))
+        rand = (state.get("c") or {}).get(client)
+        if not rand:
             raise NotFound("no such verification")
-        return str(value)
+        return f"vf_{tag}{rand}"
 
     async def check(
         self, verification_id: str, client: str, code_hmac: str, now_ms: int
     ) -> tuple[str, Record]:
         """Atomically compare, count and approve; returns the outcome and, after it, the
         verification's status, checks_left and channel."""
+        key, rand = self._located(verification_id)
         with self._op("check"):
-            reply = await self._scripts["check"](
-                keys=[self._vkey(verification_id)], args=[client, code_hmac, now_ms]
-            )
+            reply = await self._scripts["check"](keys=[key], args=[rand, client, code_hmac, now_ms])
         if reply[0] == "not_found":
             raise NotFound("no such verification")
         outcome, status, checks_left, channel = reply
@@ -325,21 +338,22 @@ class Store:
         }
 
     async def cancel(self, verification_id: str, client: str, now_ms: int) -> Record:
+        key, rand = self._located(verification_id)
         with self._op("cancel"):
-            raw = await self._scripts["cancel"](
-                keys=[self._vkey(verification_id)], args=[client, now_ms]
-            )
+            raw = await self._scripts["cancel"](keys=[key], args=[rand, client, now_ms])
         if not raw:
             raise NotFound("no such verification")
-        return _record(raw, verification_id)
+        phone, fields = orjson.loads(raw)
+        return _record(verification_id, phone, fields)
 
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int
     ) -> None:
         """Keep New-Tel's word for call `index` (1-based) and when it was asked."""
+        key, rand = self._located(verification_id)
         with self._op("call_status"):
             await self._scripts["call_status"](
-                keys=[self._vkey(verification_id)], args=[index, status, now_ms // 1000]
+                keys=[key], args=[rand, index, status, now_ms // 1000]
             )
 
     # Idempotency --------------------------------------------------------------------------
@@ -370,9 +384,10 @@ class Store:
         await self.redis.aclose()
 
 
-def _record(raw: str, verification_id: str) -> Record:
-    rec: Record = orjson.loads(raw)
+def _record(verification_id: str, phone: str, fields: list[Any]) -> Record:
+    rec: Record = dict(zip(_FIELDS, fields, strict=False))
     rec["id"] = verification_id
+    rec["phone"] = phone
     return rec
 
 

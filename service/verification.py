@@ -119,8 +119,8 @@ class Verifier:
             sends_left=max(0, self.settings.max_sends - int(rec["sends"])),
             resend_after=_utc(rec["resend_at"]),
             calls=[
-                Call(c.channel, _utc(c.placed_at_ms), c.status or "unknown")
-                for c in _stored_calls(rec)
+                Call(_CHANNELS[kind], _utc(placed_at), status or "unknown")
+                for kind, placed_at, _, status, _ in rec["calls"]
             ],
         )
 
@@ -283,8 +283,7 @@ class Verifier:
             channel=channel,
             code_hmac=self._hash(reservation.id, placed.code),
             code_length=len(placed.code),
-            call=StoredCall.new(channel, now_ms, placed.call_id),
-            now_ms=now_ms,
+            call_id=placed.call_id,
             ttl_ms=s.code_ttl_s * 1000,
             max_checks=s.max_checks,
             resend_at_ms=now_ms + s.resend_cooldown_s * 1000,
@@ -340,18 +339,18 @@ class Verifier:
         `rec` is updated in place."""
         now_ms = self._now_ms()
         due = [
-            c
-            for c in _stored_calls(rec)
-            if c.call_id
-            and not c.status
-            and now_ms - c.checked_at_s * 1000 >= self.settings.status_refresh_s * 1000
+            (index, call)
+            for index, call in enumerate(rec["calls"], 1)
+            if call[2]
+            and not call[3]
+            and now_ms - call[4] * 1000 >= self.settings.status_refresh_s * 1000
         ]
         if not due:
             return
         statuses = await asyncio.gather(
-            *(self.provider.call_status(c.call_id) for c in due), return_exceptions=True
+            *(self.provider.call_status(call[2]) for _, call in due), return_exceptions=True
         )
-        for call, status in zip(due, statuses, strict=True):
+        for (index, call), status in zip(due, statuses, strict=True):
             if isinstance(status, BaseException):
                 log.info(
                     "call status unavailable",
@@ -359,36 +358,9 @@ class Verifier:
                     error=type(status).__name__,
                 )
                 status = None
-            word = (status or "").replace("|", " ")[:20]
-            await self.store.set_call_status(rec["id"], call.index, word, now_ms)
-            rec[f"call:{call.index}"] = call.checked(word, now_ms).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class StoredCall:
-    """One call as the store keeps it: `c|placed_at_ms|call_id|status|checked_at_s`."""
-
-    index: int
-    channel: str
-    placed_at_ms: int
-    call_id: str
-    status: str
-    checked_at_s: int
-
-    @staticmethod
-    def new(channel: str, placed_at_ms: int, call_id: str) -> str:
-        return f"{channel[0]}|{placed_at_ms}|{call_id}||0"
-
-    def checked(self, status: str, now_ms: int) -> StoredCall:
-        return StoredCall(
-            self.index, self.channel, self.placed_at_ms, self.call_id, status, now_ms // 1000
-        )
-
-    def encode(self) -> str:
-        return (
-            f"{self.channel[0]}|{self.placed_at_ms}|{self.call_id}|{self.status}|"
-            f"{self.checked_at_s}"
-        )
+            word = (status or "")[:20]
+            await self.store.set_call_status(rec["id"], index, word, now_ms)
+            call[3], call[4] = word, now_ms // 1000
 
 
 _CHANNELS = {"f": "flash_call", "v": "voice_call"}
@@ -403,13 +375,3 @@ def _ip_bucket(ip: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
-
-
-def _stored_calls(rec: Record) -> list[StoredCall]:
-    calls = []
-    for index in range(1, int(rec.get("placed", 0)) + 1):
-        kind, placed_at, call_id, status, checked_at = rec[f"call:{index}"].split("|")
-        calls.append(
-            StoredCall(index, _CHANNELS[kind], int(placed_at), call_id, status, int(checked_at))
-        )
-    return calls

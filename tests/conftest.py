@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ REDIS_URL = os.environ.get("CALLAUTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 RUN_ID = uuid.uuid4().hex[:12]
 SECRET = "test-secret-0123456789"
+CODE_FIELD = 9  # where a stored verification keeps its code hash (lua/_prelude.lua: CODE)
 
 
 class Clock:
@@ -55,6 +57,26 @@ class Backend:
 
     async def keys(self) -> list[str]:
         return [k async for k in self.redis.scan_iter(match=self.prefix + "*", count=500)]
+
+    async def phone_states(self) -> dict[str, dict[str, Any]]:
+        """Each phone's state by key (service/lua/_prelude.lua): {"p", "w", "c", "v"}."""
+        out = {}
+        for key in await self.keys():
+            if re.fullmatch(r"\{[0-9a-f]{16}\}", key.removeprefix(self.prefix)):
+                out[key] = json.loads(await self.redis.get(key))
+        return out
+
+    async def verifications(self) -> dict[str, list[Any]]:
+        """Every stored verification by id, its fields as the scripts keep them."""
+        return {
+            f"vf_{key[-17:-1]}{rand}": fields
+            for key, state in (await self.phone_states()).items()
+            for rand, fields in (state["v"] or {}).items()
+        }
+
+    async def pending_pointers(self) -> list[str]:
+        """Every client's pending verification, as the phones' states name them."""
+        return [p for state in (await self.phone_states()).values() for p in state["c"] or {}]
 
     async def stored_strings(self) -> dict[str, list[str]]:
         """Every key under the prefix with every string it holds: fields, values, members."""

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import fakeredis
 import pytest
-from conftest import AUTH, OTHER, PHONE, Clock
+import redis
+import redis.exceptions
+from conftest import AUTH, IN_CI, OTHER, PHONE, REDIS_URL, RUN_ID, Clock
 from fake_newtel import FakeNewTel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.store import _script
 
 PHONES = ["79035675125", "79161234567", "79261234567", "79031112233"]
 KZ_PHONE = "77012345678"
@@ -15,9 +25,10 @@ TWO_CLIENTS = "dev:dev,other:other-key"
 
 
 @pytest.fixture(autouse=True)
-def whole_seconds(clock: Clock) -> None:
-    """Start the clock on a whole second, so windows and Retry-After compare exactly."""
-    clock.now = float(int(clock.now))
+def slot_aligned(clock: Clock) -> None:
+    """Start the clock on a whole ten minutes, so windows and Retry-After compare exactly: the
+    IP's and the client's windows count in slots of 1/60 of the window (60 s for an hour)."""
+    clock.now = float(-(-int(clock.now) // 600) * 600)
 
 
 async def start(client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any):
@@ -110,20 +121,23 @@ async def test_the_ip_limit_counts_starts_from_one_ip_across_phones(make_app, cl
     clock.advance(100)
     assert (await start(client, PHONES[1], ip=ip)).status == 201
     clock.advance(100)
-    await assert_rate_limited(await start(client, PHONES[2], ip=ip), retry_after=3400)
+    # The oldest start's slot (the first minute) leaves the window 3660 s after it began.
+    await assert_rate_limited(await start(client, PHONES[2], ip=ip), retry_after=3460)
 
     # Another IP, and a start that names no IP, are not held back by it.
     assert (await start(client, PHONES[2], ip="203.0.113.8")).status == 201
     assert (await start(client, PHONES[3])).status == 201
 
-    clock.advance(3400)
+    clock.advance(3459)
+    await assert_rate_limited(await start(client, PHONE, ip=ip), retry_after=1)
+    clock.advance(1)
     assert (await start(client, PHONE, ip=ip)).status == 201
 
 
 async def test_the_ip_limit_reads_ipv6_addresses_too(make_app) -> None:
     client = await make_app(ip_limit="1/3600")
     assert (await start(client, PHONES[0], ip="2001:db8::1")).status == 201
-    await assert_rate_limited(await start(client, PHONES[1], ip="2001:db8::1"), retry_after=3600)
+    await assert_rate_limited(await start(client, PHONES[1], ip="2001:db8::1"), retry_after=3660)
 
 
 async def test_two_spellings_of_one_ipv6_address_share_its_limit(make_app) -> None:
@@ -174,13 +188,14 @@ async def test_the_client_budget_counts_calls_across_phones_and_ips(make_app, cl
     clock.advance(30)
     assert (await start(client, PHONES[1], ip="203.0.113.2")).status == 201
     clock.advance(30)
-    await assert_rate_limited(await start(client, PHONES[2], ip="203.0.113.3"), retry_after=3540)
-    await assert_rate_limited(await start(client, PHONES[3]), retry_after=3540)
+    # Both calls share the first minute's slot, which leaves the window at 3660 s.
+    await assert_rate_limited(await start(client, PHONES[2], ip="203.0.113.3"), retry_after=3600)
+    await assert_rate_limited(await start(client, PHONES[3]), retry_after=3600)
 
     # Another client's budget is its own.
     assert (await start(client, PHONES[2], headers=OTHER)).status == 201
 
-    clock.advance(3540)
+    clock.advance(3600)
     assert (await start(client, PHONES[3])).status == 201
 
 
@@ -202,7 +217,7 @@ async def test_resends_are_paid_from_the_client_budget(make_app, clock: Clock) -
     assert (await client.post(f"/v1/verifications/{started['id']}/resend", headers=AUTH)).ok
     clock.advance(60)
     resent = await client.post(f"/v1/verifications/{started['id']}/resend", headers=AUTH)
-    await assert_rate_limited(resent, retry_after=3600 - 120)
+    await assert_rate_limited(resent, retry_after=3660 - 120)
 
 
 # Resend cooldown ---------------------------------------------------------------------------
@@ -462,6 +477,72 @@ async def test_retry_after_waits_for_the_longest_refusing_limit(make_app, clock:
     client = await make_app(phone_limit="1/3600", client_limit="1/7200", resend_cooldown_s=0)
     await cancel(client, await start(client, PHONE))
     clock.advance(100)
-    # Both the phone (3500 s left) and the client budget (7100 s left) refuse.
-    await assert_rate_limited(await start(client, PHONE), retry_after=7100)
-    await assert_rate_limited(await start(client, PHONES[0]), retry_after=7100)
+    # Both the phone (3500 s left) and the client budget (its 120 s slot leaves the window at
+    # 7320 s: 7220 s left) refuse.
+    await assert_rate_limited(await start(client, PHONE), retry_after=7220)
+    await assert_rate_limited(await start(client, PHONES[0]), retry_after=7220)
+
+
+# The slotted windows (IP, client) ----------------------------------------------------------
+
+WINDOW_MS = 60_000
+SLOT_MS = WINDOW_MS // 60
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def window_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A synchronous client, for a property test that drives window.lua step by step."""
+    if request.param == "embedded":
+        yield fakeredis.FakeRedis(decode_responses=True)
+        return
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        if IN_CI:
+            raise
+        pytest.skip("no Redis at " + REDIS_URL)
+    yield client
+    client.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    limit=st.integers(1, 6),
+    steps=st.lists(st.integers(0, 4 * SLOT_MS), min_size=1, max_size=60),
+)
+def test_a_slotted_window_never_admits_more_than_its_limit_and_reopens_when_it_says(
+    window_redis: Any, limit: int, steps: list[int]
+) -> None:
+    """Whatever the calls' timing: no window-long span holds more than `limit` admitted calls;
+    a refusal happens only when the window plus one slot holds `limit`; the wait it names is
+    exact (one ms earlier is still refused); and the hash keeps at most 61 slots."""
+    script = window_redis.register_script(_script("window"))
+    key = f"callauth-test:{RUN_ID}:window:{uuid.uuid4().hex}"
+    now = int(time.time() * 1000)  # keys expire by it: no earlier than real time
+    admitted: list[int] = []
+
+    def attempt(at: int) -> int:
+        return int(script(keys=[key], args=[at, WINDOW_MS, limit, "take"]))
+
+    try:
+        for step in steps:
+            now += step
+            wait = attempt(now)
+            if wait == 0:
+                admitted.append(now)
+                span = [t for t in admitted if t > now - WINDOW_MS]
+                assert len(span) <= limit
+                continue
+            assert len([t for t in admitted if t > now - WINDOW_MS - SLOT_MS]) >= limit
+            assert wait <= WINDOW_MS + SLOT_MS
+            if wait > 1:
+                assert attempt(now + wait - 1) > 0
+            assert attempt(now + wait) == 0
+            now += wait
+            admitted.append(now)
+        assert window_redis.hlen(key) <= 61
+    finally:
+        window_redis.delete(key)

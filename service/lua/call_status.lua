@@ -1,12 +1,12 @@
--- Store New-Tel's word for one call of a verification, keeping the key's TTL.
--- KEYS[1] verification. ARGV: index (1-based), status ('' while unknown), checked_at_s
--- A call field is "c|placed_at|call_id|status|checked_at".
-local field = 'call:' .. ARGV[1]
-local call = redis.call('HGET', KEYS[1], field)
+-- Keep New-Tel's word for one call of a verification, and when it was asked.
+-- KEYS[1] the phone's state. ARGV: id, index (1-based), status ('' while unknown),
+-- checked_at_s
+local state = load_state(KEYS[1])
+local v = state.v[ARGV[1]]
+local call = v and v[CALLS][tonumber(ARGV[2])]
 if not call then
   return 0
 end
-local channel, placed, id = string.match(call, '^([^|]*)|([^|]*)|([^|]*)|')
-redis.call('HSET', KEYS[1], field,
-  channel .. '|' .. placed .. '|' .. id .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+call[4], call[5] = ARGV[3], tonumber(ARGV[4])
+write_state(KEYS[1], state)
 return 1

@@ -1,12 +1,14 @@
--- Cancel a pending verification. KEYS[1] verification. ARGV: client, now_ms.
--- Returns the record as JSON (unchanged if it was no longer pending), or false if there is
--- none.
-local rec = redis.call('HMGET', KEYS[1], 'client', 'status', 'expires_at')
+-- Cancel a pending verification. KEYS[1] the phone's state. ARGV: id, client, now_ms.
+-- Returns the verification as public() does (unchanged if it was no longer pending), or
+-- false if there is none.
+local state = load_state(KEYS[1])
+local v = state.v[ARGV[1]]
 -- Expiry follows the caller's clock, as in check.lua: an expired one is not found.
-if rec[1] ~= ARGV[1] or tonumber(rec[3]) <= tonumber(ARGV[2]) then
+if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= tonumber(ARGV[3]) then
   return false
 end
-if rec[2] == 'pending' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'code', '')
+if v[STATUS] == 'pending' then
+  v[STATUS], v[CODE] = 'canceled', ''
+  write_state(KEYS[1], state)
 end
-return record_json(KEYS[1])
+return public(state, ARGV[1])

@@ -1,25 +1,25 @@
 -- Check a code: compare keyed hashes in constant time, count a wrong try, approve once.
--- KEYS[1] verification. ARGV: client, code_hmac, now_ms
+-- KEYS[1] the phone's state. ARGV: id, client, code_hmac, now_ms
 -- Returns {outcome, status, checks_left, channel}: outcome is 'approved', 'wrong', 'spent'
 -- (a check of a verification that is no longer pending), 'max_checks', or 'not_found'.
-local rec = redis.call('HMGET', KEYS[1], 'client', 'status', 'code', 'checks_left', 'expires_at')
--- Expiry follows the caller's clock too; the key's TTL (the same instant) collects it.
-if rec[1] ~= ARGV[1] or tonumber(rec[5]) <= tonumber(ARGV[3]) then
+local state = load_state(KEYS[1])
+local v = state.v[ARGV[1]]
+-- Expiry follows the caller's clock; the key's TTL (no earlier) collects it.
+if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= tonumber(ARGV[4]) then
   return {'not_found'}
 end
 local function answer(outcome)
-  local now = redis.call('HMGET', KEYS[1], 'status', 'checks_left', 'channel')
-  return {outcome, now[1], now[2], now[3]}
+  return {outcome, v[STATUS], v[CHECKS_LEFT], v[CHANNEL]}
 end
-if rec[2] == 'max_checks_reached' then
+if v[STATUS] == 'max_checks_reached' then
   return answer('max_checks')
 end
-if rec[2] ~= 'pending' then
+if v[STATUS] ~= 'pending' then
   return answer('spent')
 end
 
 -- Both are hex HMACs of the same length; touch every byte whatever the first difference.
-local stored, given, diff = rec[3], ARGV[2], 0
+local stored, given, diff = v[CODE], ARGV[3], 0
 if #stored ~= #given then
   diff = 1
 end
@@ -30,13 +30,11 @@ end
 
 if diff == 0 then
   -- Single use: the hash goes with the approval.
-  redis.call('HSET', KEYS[1], 'status', 'approved', 'code', '')
-  return answer('approved')
-end
-local left = tonumber(rec[4]) - 1
-if left <= 0 then
-  redis.call('HSET', KEYS[1], 'status', 'max_checks_reached', 'checks_left', 0, 'code', '')
+  v[STATUS], v[CODE] = 'approved', ''
+elseif v[CHECKS_LEFT] <= 1 then
+  v[STATUS], v[CHECKS_LEFT], v[CODE] = 'max_checks_reached', 0, ''
 else
-  redis.call('HSET', KEYS[1], 'checks_left', left)
+  v[CHECKS_LEFT] = v[CHECKS_LEFT] - 1
 end
-return answer('wrong')
+write_state(KEYS[1], state)
+return answer(diff == 0 and 'approved' or 'wrong')

@@ -1,24 +1,29 @@
--- Record a placed call: create the verification, or give an existing pending one the new
--- call's code. KEYS[1] verification   KEYS[2] client's pending id for the phone
--- ARGV: id, client, phone, channel, code_hmac, code_length, call, now_ms, ttl_ms,
---       max_checks, resend_at_ms
--- Each call is its own field ("c|placed_at|call_id|status|checked_at", under 64 bytes) so
--- the hash keeps Redis's compact listpack encoding.
--- Returns the record as one JSON string (cheaper to read than a flat array), or false if
--- the verification ended while its call was placed.
-local expires = tonumber(ARGV[8]) + tonumber(ARGV[9])
-local placed
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'client', ARGV[2], 'phone', ARGV[3], 'status', 'pending',
-    'checks_left', ARGV[10], 'sends', 1)
-  placed = 1
-elseif redis.call('HGET', KEYS[1], 'status') ~= 'pending' then
+-- Record a placed call: create the verification, or give a pending one the new call's code.
+-- KEYS[1] the phone's state
+-- ARGV: id, client, phone, channel, code_hmac, code_length, call_id, now_ms, ttl_ms,
+--       max_checks, resend_at_ms, keep_ms (as reserve.lua), '1' if the verification is new
+-- Returns the verification as public() does, or false if it ended while its call was placed.
+local now = tonumber(ARGV[8])
+local state = load_state(KEYS[1])
+local id = ARGV[1]
+local v = state.v[id]
+if v == nil then
+  if ARGV[13] ~= '1' then
+    return false
+  end
+  v = {ARGV[2], 'pending', '', 0, tonumber(ARGV[10]), 1, 0, 0, {}, ''}
+  state.v[id] = v
+elseif v[STATUS] ~= 'pending' or v[EXPIRES] <= now then
   return false
-else
-  placed = tonumber(redis.call('HGET', KEYS[1], 'placed')) + 1
 end
-redis.call('HSET', KEYS[1], 'placed', placed, 'call:' .. placed, ARGV[7], 'channel', ARGV[4],
-  'code', ARGV[5], 'code_length', ARGV[6], 'expires_at', expires, 'resend_at', ARGV[11])
-redis.call('PEXPIREAT', KEYS[1], expires)
-redis.call('SET', KEYS[2], ARGV[1], 'PXAT', expires)
-return record_json(KEYS[1])
+local calls = v[CALLS]
+calls[#calls + 1] = {string.sub(ARGV[4], 1, 1), now, ARGV[7], '', 0}
+v[CHANNEL] = ARGV[4]
+v[CODE] = ARGV[5]
+v[CODE_LENGTH] = tonumber(ARGV[6])
+v[EXPIRES] = now + tonumber(ARGV[9])
+v[RESEND_AT] = tonumber(ARGV[11])
+state.p = ARGV[3]
+state.c[ARGV[2]] = id
+save_state(KEYS[1], state, now, tonumber(ARGV[12]))
+return public(state, id)

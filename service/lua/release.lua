@@ -1,13 +1,22 @@
--- Give back what reserve.lua took for a call that was not placed: its member of the phone's
--- window (which is also what the cooldown reads) and, for a resend, the send.
--- KEYS[1] phone window   KEYS[2] verification (a resend's sends)   KEYS[3..] other windows
--- that reserve.lua took from in the same step
--- ARGV: member, resend ('1' when KEYS[2] took a send)
-redis.call('ZREM', KEYS[1], ARGV[1])
-for i = 3, #KEYS do
-  redis.call('ZREM', KEYS[i], ARGV[1])
+-- Give back what reserve.lua took for a call that was not placed: its entry in the phone's
+-- calls (which is also what the cooldown reads) and, for a resend, the send.
+-- KEYS[1] the phone's state   KEYS[2..] the windows reserve.lua took from in the same step
+-- ARGV: reserved_at_ms, keep_ms (as reserve.lua kept the calls), id of the verification
+--       resent or '', then window_ms for each of KEYS[2..]
+local at = tonumber(ARGV[1])
+local state = load_state(KEYS[1])
+for i, t in ipairs(state.w) do
+  if t == at then
+    table.remove(state.w, i)
+    break
+  end
 end
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'sends', -1)
+local v = state.v[ARGV[3]]
+if v then
+  v[SENDS] = v[SENDS] - 1
+end
+save_state(KEYS[1], state, at, tonumber(ARGV[2]))
+for i = 2, #KEYS do
+  window_give(KEYS[i], at, tonumber(ARGV[4 + i - 2]))
 end
 return 1

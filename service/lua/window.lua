@@ -1,13 +1,14 @@
--- Sliding-window log on one key: admit ARGV[4] if fewer than ARGV[3] members lie within the
--- last ARGV[2] ms. KEYS[1] zset. ARGV: now_ms, window_ms, limit, member.
--- Returns 0 when admitted, else the ms until the oldest member leaves the window.
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return math.max(1, tonumber(oldest[2]) + window - now)
+-- One window of its own (a Cluster keeps the IP's and the client's apart from the phone).
+-- KEYS[1] window. ARGV: now_ms, window_ms, limit, 'take' or 'give' (give back a call taken
+-- at now_ms).
+-- Returns 0 when taken (or given back), else the ms until one more call fits.
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+if ARGV[4] == 'give' then
+  window_give(KEYS[1], now, window)
+  return 0
 end
-redis.call('ZADD', KEYS[1], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], window)
-return 0
+local wait = window_wait(KEYS[1], now, tonumber(ARGV[3]), window)
+if wait == 0 then
+  window_take(KEYS[1], now, window)
+end
+return wait
