@@ -276,8 +276,7 @@ class Bench:
                 return path
             pool = self.pools["small"]
             sample = random.sample(pool, min(50, len(pool)))
-            keys = [redisstats.verification_keys(self.prefix, v)[0] for v in sample]
-            left = min(int(self.r.hget(k, "checks_left") or 0) for k in keys)
+            left = min(redisstats.checks_left(self.r, self.prefix, sample))
             done = [x["requests"] for x in self.results["runs"] if x["phase"] == name]
             expected = 1.5 * max(done, default=3000 * self.args.duration) / max(1, n)
             if left - expected < 5:
@@ -315,11 +314,11 @@ class Bench:
             for name, k in kinds.items()
         }
         shared = kinds.get("client_window", {})
-        client_zset_before = census_before["kinds"].get("client_window", {})
-        client_zset_growth = shared.get("memory_usage_total_est", 0) - client_zset_before.get(
+        client_window_before = census_before["kinds"].get("client_window", {})
+        client_window_growth = shared.get("memory_usage_total_est", 0) - client_window_before.get(
             "memory_usage_total_est", 0
         )
-        own_kinds = ("verification", "pending_id", "phone_window", "cooldown")
+        own_kinds = ("phone",)
         per_verif_keys = sum(
             per_kind[k]["memory_usage_mean"] * per_kind[k]["keys"]
             for k in own_kinds
@@ -338,8 +337,8 @@ class Bench:
                 raw_delta / max(1, created) - prefix_extra, 1
             ),
             "memory_usage_per_verification_own_keys": round(per_verif_keys, 1),
-            "memory_usage_client_zset_per_verification": round(
-                client_zset_growth / max(1, created), 1
+            "memory_usage_client_window_per_verification": round(
+                client_window_growth / max(1, created), 1
             ),
             "keys_added": keys_added,
             "keys_per_verification": round(keys_per, 3),
@@ -352,8 +351,8 @@ class Bench:
         log(
             f"  used_memory delta {raw_delta} B = {mem['bytes_per_verification']} B/verif "
             f"(used_memory before: {m1 / 1e6:.1f} MB); MEMORY USAGE "
-            f"own keys {mem['memory_usage_per_verification_own_keys']} B + client zset "
-            f"{mem['memory_usage_client_zset_per_verification']} B; "
+            f"own keys {mem['memory_usage_per_verification_own_keys']} B + client window "
+            f"{mem['memory_usage_client_window_per_verification']} B; "
             f"{mem['keys_per_verification']} keys/verif"
         )
 
@@ -668,7 +667,7 @@ def table(res: dict[str, Any]) -> str:
             f"({mem['bytes_per_verification_with_prod_prefix']} with the '{PROD_PREFIX}' prefix; "
             f"used_memory before {mem['used_memory_before'] / 1e6:.1f} MB); "
             f"MEMORY USAGE: own keys {mem['memory_usage_per_verification_own_keys']} B + "
-            f"shared client zset {mem['memory_usage_client_zset_per_verification']} B; "
+            f"shared client window {mem['memory_usage_client_window_per_verification']} B; "
             f"{mem['keys_per_verification']} keys/verification"
         )
         for kind, k in mem["by_kind"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
@@ -12,15 +13,11 @@ import redis
 
 # Key shapes from service/store.py (P = prefix, T = the phone's 16-hex tag).
 _KINDS = (
-    ("verification", re.compile(r"^\{[0-9a-f]{16}\}:v:")),
-    ("pending_id", re.compile(r"^\{[0-9a-f]{16}\}:c:")),
-    ("cooldown", re.compile(r"^\{[0-9a-f]{16}\}:cd$")),
-    ("phone_window", re.compile(r"^\{[0-9a-f]{16}\}:w$")),
+    ("phone", re.compile(r"^\{[0-9a-f]{16}\}$")),
     ("ip_window", re.compile(r"^\{ip:")),
     ("client_window", re.compile(r"^\{cl:")),
     ("idempotency", re.compile(r"^\{idem:")),
 )
-_VKEY = re.compile(r"^\{([0-9a-f]{16})\}:v:(.+)$")
 
 
 def kind(prefix: str, key: str) -> str:
@@ -77,33 +74,33 @@ def key_census(r: redis.Redis, prefix: str, sample: int = 2000) -> dict[str, Any
     return out
 
 
-def zset_sizes(r: redis.Redis, keys: list[str]) -> dict[str, dict[str, int]]:
-    """Members and MEMORY USAGE of a few (shared, growing) zsets."""
-    out = {}
-    for key in keys:
-        if r.exists(key):
-            out[key] = {
-                "members": int(r.zcard(key)),
-                "memory_usage": int(r.memory_usage(key, samples=0) or 0),
-            }
-    return out
-
-
 def pending_ids(r: redis.Redis, prefix: str) -> list[str]:
-    """Ids of every verification hash under the prefix (pending or not)."""
+    """Ids of every verification under the prefix (pending or not), from the phones' states."""
+    keys = [k for k in scan(r, prefix) if kind(prefix, k) == "phone"]
     ids = []
-    for key in scan(r, prefix):
-        match = _VKEY.match(key[len(prefix) :])
-        if match:
-            ids.append(f"vf_{match[1]}{match[2]}")
+    for i in range(0, len(keys), 1000):
+        batch = keys[i : i + 1000]
+        for key, raw in zip(batch, r.mget(batch), strict=True):
+            if raw:
+                tag = key[len(prefix) + 1 : len(prefix) + 17]
+                ids += [f"vf_{tag}{rand}" for rand in json.loads(raw)[3] or {}]
     return ids
 
 
-def verification_keys(prefix: str, verification_id: str, client: str = "dev") -> list[str]:
-    """The per-verification keys of one id: its hash, its pending-id pointer, its phone window."""
-    tag, rand = verification_id[3:19], verification_id[19:]
-    base = f"{prefix}{{{tag}}}:"
-    return [f"{base}v:{rand}", f"{base}c:{client}", f"{base}w"]
+def checks_left(r: redis.Redis, prefix: str, ids: list[str]) -> list[int]:
+    """Wrong tries left of each verification (0 when it is gone)."""
+    raws = r.mget([verification_keys(prefix, i)[0] for i in ids])
+    out = []
+    for vid, raw in zip(ids, raws, strict=True):
+        # VERIFICATIONS and CHECKS_LEFT of service/lua/_prelude.lua
+        fields = (json.loads(raw)[3] or {}).get(vid[19:]) if raw else None
+        out.append(int(fields[3]) if fields else 0)
+    return out
+
+
+def verification_keys(prefix: str, verification_id: str) -> list[str]:
+    """The keys of one verification: its phone's, which holds everything of it."""
+    return [f"{prefix}{{{verification_id[3:19]}}}"]
 
 
 def delete(r: redis.Redis, keys: list[str], batch: int = 1000) -> int:

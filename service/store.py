@@ -48,17 +48,9 @@ Record = dict[str, Any]
 
 _ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
 # A verification's fields, in the order the scripts keep them (lua/_prelude.lua).
-_FIELDS = (
-    "client",
-    "status",
-    "channel",
-    "code_length",
-    "checks_left",
-    "sends",
-    "expires_at",
-    "resend_at",
-    "calls",
-)
+_FIELDS = ("client", "status", "code_length", "checks_left", "sends", "expires_at", "calls")
+_CHANNELS = {"f": "flash_call", "v": "voice_call"}
+_PHONE, _PENDING, _VERIFICATIONS = 0, 2, 3  # a phone's state, as lua/_prelude.lua keeps it
 
 
 _LUA = Path(__file__).with_name("lua")
@@ -262,12 +254,11 @@ class Store:
         client: str,
         phone: str,
         channel: str,
-        code_hmac: str,
+        code_hash: str,
         code_length: int,
         call_id: str,
         ttl_ms: int,
         max_checks: int,
-        resend_at_ms: int,
     ) -> Record:
         """Record a placed call; raises NotFound if the verification ended meanwhile."""
         r = reservation
@@ -279,13 +270,12 @@ class Store:
                     client,
                     phone,
                     channel,
-                    code_hmac,
+                    code_hash,
                     code_length,
                     call_id,
                     r.at_ms,
                     ttl_ms,
                     max_checks,
-                    resend_at_ms,
                     r.keep_ms,
                     "1" if r.is_new else "0",
                 ],
@@ -297,36 +287,36 @@ class Store:
 
     # Reads and checks ---------------------------------------------------------------------
 
-    async def _state(self, key: str) -> dict[str, Any]:
+    async def _state(self, key: str) -> list[Any]:
         with self._op("get"):
             raw = await self.redis.get(key)
-        state: dict[str, Any] = orjson.loads(raw) if raw else {}
+        state: list[Any] = orjson.loads(raw) if raw else []
         return state
 
     async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
         key, rand = self._located(verification_id)
         state = await self._state(key)
         # An empty table is [] to some Lua JSON encoders and {} to others.
-        fields = (state.get("v") or {}).get(rand)
-        if not fields or fields[0] != client or fields[6] <= now_ms:
+        fields = (state[_VERIFICATIONS] or {}).get(rand) if state else None
+        if not fields or fields[0] != client or fields[5] <= now_ms:
             raise NotFound("no such verification")
-        return _record(verification_id, state["p"], fields)
+        return _record(verification_id, state[_PHONE], fields)
 
     async def pending_id(self, tag: str, client: str) -> str:
         state = await self._state(self._phone_key(tag))
-        rand = (state.get("c") or {}).get(client)
+        rand = (state[_PENDING] or {}).get(client) if state else None
         if not rand:
             raise NotFound("no such verification")
         return f"vf_{tag}{rand}"
 
     async def check(
-        self, verification_id: str, client: str, code_hmac: str, now_ms: int
+        self, verification_id: str, client: str, code_hash: str, now_ms: int
     ) -> tuple[str, Record]:
         """Atomically compare, count and approve; returns the outcome and, after it, the
         verification's status, checks_left and channel."""
         key, rand = self._located(verification_id)
         with self._op("check"):
-            reply = await self._scripts["check"](keys=[key], args=[rand, client, code_hmac, now_ms])
+            reply = await self._scripts["check"](keys=[key], args=[rand, client, code_hash, now_ms])
         if reply[0] == "not_found":
             raise NotFound("no such verification")
         outcome, status, checks_left, channel = reply
@@ -334,7 +324,7 @@ class Store:
             "id": verification_id,
             "status": status,
             "checks_left": checks_left,
-            "channel": channel,
+            "channel": _CHANNELS[channel],
         }
 
     async def cancel(self, verification_id: str, client: str, now_ms: int) -> Record:
@@ -385,9 +375,13 @@ class Store:
 
 
 def _record(verification_id: str, phone: str, fields: list[Any]) -> Record:
+    """A verification's fields by name; its calls as [channel, placed_at_ms, call_id, status,
+    checked_at_s], the last two '' and 0 until New-Tel has been asked."""
     rec: Record = dict(zip(_FIELDS, fields, strict=False))
     rec["id"] = verification_id
     rec["phone"] = phone
+    rec["calls"] = [[_CHANNELS[c[0]], c[1], c[2], *(c[3:] or ("", 0))] for c in rec["calls"]]
+    rec["channel"] = rec["calls"][-1][0]
     return rec
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -103,9 +104,10 @@ class Verifier:
         return int(self._clock() * 1000)
 
     def _hash(self, verification_id: str, code: str) -> str:
-        """HMAC-SHA256 of the code, bound to its verification, cut to 128 bits."""
+        """HMAC-SHA256 of the code, bound to its verification, cut to 128 bits (base64url)."""
         message = f"{verification_id}:{code}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def view(self, rec: Record) -> Verification:
         return Verification(
@@ -117,10 +119,11 @@ class Verifier:
             expires_at=_utc(rec["expires_at"]),
             checks_left=int(rec["checks_left"]),
             sends_left=max(0, self.settings.max_sends - int(rec["sends"])),
-            resend_after=_utc(rec["resend_at"]),
+            # The cooldown that holds the phone now, from its last call.
+            resend_after=_utc(rec["calls"][-1][1] + self.settings.resend_cooldown_s * 1000),
             calls=[
-                Call(_CHANNELS[kind], _utc(placed_at), status or "unknown")
-                for kind, placed_at, _, status, _ in rec["calls"]
+                Call(channel, _utc(placed_at), status or "unknown")
+                for channel, placed_at, _, status, _ in rec["calls"]
             ],
         )
 
@@ -249,7 +252,7 @@ class Verifier:
         except BaseException:
             await asyncio.shield(self._release(reservation))
             raise
-        return await self._commit(client, phone, channel, reservation, placed, now_ms)
+        return await self._commit(client, phone, channel, reservation, placed)
 
     async def _place(self, phone: str, channel: Channel, test_code: str | None) -> PlacedCall:
         if test_code is not None:
@@ -273,7 +276,6 @@ class Verifier:
         channel: Channel,
         reservation: Reservation,
         placed: PlacedCall,
-        now_ms: int,
     ) -> tuple[Verification, bool]:
         s = self.settings
         rec = await self.store.commit(
@@ -281,12 +283,11 @@ class Verifier:
             client=client,
             phone=phone,
             channel=channel,
-            code_hmac=self._hash(reservation.id, placed.code),
+            code_hash=self._hash(reservation.id, placed.code),
             code_length=len(placed.code),
             call_id=placed.call_id,
             ttl_ms=s.code_ttl_s * 1000,
             max_checks=s.max_checks,
-            resend_at_ms=now_ms + s.resend_cooldown_s * 1000,
         )
         if self.sandbox is not None:
             self.sandbox.attach(placed.call_id, reservation.id, client)
@@ -361,9 +362,6 @@ class Verifier:
             word = (status or "")[:20]
             await self.store.set_call_status(rec["id"], index, word, now_ms)
             call[3], call[4] = word, now_ms // 1000
-
-
-_CHANNELS = {"f": "flash_call", "v": "voice_call"}
 
 
 def _ip_bucket(ip: str) -> str:

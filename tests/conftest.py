@@ -30,7 +30,7 @@ REDIS_URL = os.environ.get("CALLAUTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 RUN_ID = uuid.uuid4().hex[:12]
 SECRET = "test-secret-0123456789"
-CODE_FIELD = 9  # where a stored verification keeps its code hash (lua/_prelude.lua: CODE)
+CODE_FIELD = 7  # where a stored verification keeps its code hash (lua/_prelude.lua: CODE)
 
 
 class Clock:
@@ -58,8 +58,9 @@ class Backend:
     async def keys(self) -> list[str]:
         return [k async for k in self.redis.scan_iter(match=self.prefix + "*", count=500)]
 
-    async def phone_states(self) -> dict[str, dict[str, Any]]:
-        """Each phone's state by key (service/lua/_prelude.lua): {"p", "w", "c", "v"}."""
+    async def phone_states(self) -> dict[str, list[Any]]:
+        """Each phone's state by key (service/lua/_prelude.lua): [phone, call times, pending
+        verification by client, verifications by id]."""
         out = {}
         for key in await self.keys():
             if re.fullmatch(r"\{[0-9a-f]{16}\}", key.removeprefix(self.prefix)):
@@ -71,12 +72,12 @@ class Backend:
         return {
             f"vf_{key[-17:-1]}{rand}": fields
             for key, state in (await self.phone_states()).items()
-            for rand, fields in (state["v"] or {}).items()
+            for rand, fields in (state[3] or {}).items()
         }
 
     async def pending_pointers(self) -> list[str]:
         """Every client's pending verification, as the phones' states name them."""
-        return [p for state in (await self.phone_states()).values() for p in state["c"] or {}]
+        return [p for state in (await self.phone_states()).values() for p in state[2] or {}]
 
     async def stored_strings(self) -> dict[str, list[str]]:
         """Every key under the prefix with every string it holds: fields, values, members."""

@@ -51,7 +51,7 @@ async def assert_no_code_stored_and_all_keys_expire(backend: Any, codes: Iterabl
     assert verifications, "the flow left no verification to inspect"
     for verification_id, fields in verifications.items():
         code_hash = fields[CODE_FIELD]
-        assert code_hash == "" or re.fullmatch(r"[0-9a-f]{32}", code_hash), verification_id
+        assert code_hash == "" or re.fullmatch(r"[A-Za-z0-9_-]{22}", code_hash), verification_id
 
 
 # Redis --------------------------------------------------------------------------------------

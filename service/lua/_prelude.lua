@@ -1,18 +1,21 @@
 -- Shared by the scripts (prepended when they are loaded).
 --
--- A phone's state is one string key holding JSON:
---   {"p": phone, "w": [times of its calls, ms], "c": {client: its pending verification},
---    "v": {verification: array indexed by the names below}}
--- Positions, not names, and one key for everything a phone holds: a pending verification
--- costs Redis about 330 bytes. A call is {channel's initial, placed_at ms, New-Tel's call id,
--- New-Tel's word for it ('' while unknown), when that was asked (s)}.
-local CLIENT, STATUS, CHANNEL, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, RESEND_AT, CALLS, CODE =
-  1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+-- A phone's state is one string key holding a JSON array, indexed by the names below:
+--   [phone, [times of its calls, ms], {client: its pending verification},
+--    {verification: [client, status, code_length, checks_left, sends, expires_at ms,
+--                    [calls, oldest first], code hash]}]
+-- A call is [channel's initial, placed_at ms, New-Tel's call id] and, once New-Tel has been
+-- asked, its word for the call ('' while unknown) and when it was asked (s). The channel and
+-- the resend cooldown's end follow from the last call. Positions, not names, and one key for
+-- everything of a phone: a pending verification costs Redis under 300 bytes.
+local PHONE, CALL_TIMES, PENDING, VERIFICATIONS = 1, 2, 3, 4
+local CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE =
+  1, 2, 3, 4, 5, 6, 7, 8
 
 local function load_state(key)
   local raw = redis.call('GET', key)
   if not raw then
-    return {p = '', w = {}, c = {}, v = {}}
+    return {'', {}, {}, {}}
   end
   return cjson.decode(raw)
 end
@@ -26,24 +29,25 @@ end
 -- verifications): the key lives exactly as long as the rest of it matters.
 local function save_state(key, state, now, keep)
   local last = 0
-  local calls = {}
-  for _, t in ipairs(state.w) do
+  local times = {}
+  for _, t in ipairs(state[CALL_TIMES]) do
     if t > now - keep then
-      calls[#calls + 1] = t
+      times[#times + 1] = t
       last = math.max(last, t + keep)
     end
   end
-  state.w = calls
-  for id, v in pairs(state.v) do
+  state[CALL_TIMES] = times
+  local verifications = state[VERIFICATIONS]
+  for id, v in pairs(verifications) do
     if v[EXPIRES] <= now then
-      state.v[id] = nil
+      verifications[id] = nil
     else
       last = math.max(last, v[EXPIRES])
     end
   end
-  for client, id in pairs(state.c) do
-    if state.v[id] == nil then
-      state.c[client] = nil
+  for client, id in pairs(state[PENDING]) do
+    if verifications[id] == nil then
+      state[PENDING][client] = nil
     end
   end
   if last <= now then
@@ -53,11 +57,16 @@ local function save_state(key, state, now, keep)
   end
 end
 
--- A verification as callers may see it: {phone, verification without its code hash}.
+-- The channel's initial of a verification's latest call.
+local function channel(v)
+  return v[CALLS][#v[CALLS]][1]
+end
+
+-- A verification as callers may see it: [phone, the verification without its code hash].
 local function public(state, id)
-  local v = state.v[id]
+  local v = state[VERIFICATIONS][id]
   v[CODE] = nil
-  return cjson.encode({state.p, v})
+  return cjson.encode({state[PHONE], v})
 end
 
 -- The end-user IP's and the client's limits: a window of `window` ms cut into 60 slots, a

@@ -2,7 +2,7 @@
 -- KEYS[1] the phone's state. ARGV: id, index (1-based), status ('' while unknown),
 -- checked_at_s
 local state = load_state(KEYS[1])
-local v = state.v[ARGV[1]]
+local v = state[VERIFICATIONS][ARGV[1]]
 local call = v and v[CALLS][tonumber(ARGV[2])]
 if not call then
   return 0

@@ -2,7 +2,7 @@
 -- Returns the verification as public() does (unchanged if it was no longer pending), or
 -- false if there is none.
 local state = load_state(KEYS[1])
-local v = state.v[ARGV[1]]
+local v = state[VERIFICATIONS][ARGV[1]]
 -- Expiry follows the caller's clock, as in check.lua: an expired one is not found.
 if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= tonumber(ARGV[3]) then
   return false

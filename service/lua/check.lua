@@ -1,15 +1,15 @@
 -- Check a code: compare keyed hashes in constant time, count a wrong try, approve once.
 -- KEYS[1] the phone's state. ARGV: id, client, code_hmac, now_ms
--- Returns {outcome, status, checks_left, channel}: outcome is 'approved', 'wrong', 'spent'
+-- Returns {outcome, status, checks_left, channel's initial}: outcome is 'approved', 'wrong', 'spent'
 -- (a check of a verification that is no longer pending), 'max_checks', or 'not_found'.
 local state = load_state(KEYS[1])
-local v = state.v[ARGV[1]]
+local v = state[VERIFICATIONS][ARGV[1]]
 -- Expiry follows the caller's clock; the key's TTL (no earlier) collects it.
 if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= tonumber(ARGV[4]) then
   return {'not_found'}
 end
 local function answer(outcome)
-  return {outcome, v[STATUS], v[CHECKS_LEFT], v[CHANNEL]}
+  return {outcome, v[STATUS], v[CHECKS_LEFT], channel(v)}
 end
 if v[STATUS] == 'max_checks_reached' then
   return answer('max_checks')
@@ -18,7 +18,7 @@ if v[STATUS] ~= 'pending' then
   return answer('spent')
 end
 
--- Both are hex HMACs of the same length; touch every byte whatever the first difference.
+-- Both are keyed hashes of the same length; touch every byte whatever the first difference.
 local stored, given, diff = v[CODE], ARGV[3], 0
 if #stored ~= #given then
   diff = 1

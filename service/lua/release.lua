@@ -5,13 +5,13 @@
 --       resent or '', then window_ms for each of KEYS[2..]
 local at = tonumber(ARGV[1])
 local state = load_state(KEYS[1])
-for i, t in ipairs(state.w) do
+for i, t in ipairs(state[CALL_TIMES]) do
   if t == at then
-    table.remove(state.w, i)
+    table.remove(state[CALL_TIMES], i)
     break
   end
 end
-local v = state.v[ARGV[3]]
+local v = state[VERIFICATIONS][ARGV[3]]
 if v then
   v[SENDS] = v[SENDS] - 1
 end

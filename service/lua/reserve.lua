@@ -17,8 +17,8 @@ local client = ARGV[6]
 local state = load_state(KEYS[1])
 
 local explicit = ARGV[7] ~= ''
-local id = explicit and ARGV[7] or state.c[client]
-local v = id and state.v[id]
+local id = explicit and ARGV[7] or state[PENDING][client]
+local v = id and state[VERIFICATIONS][id]
 -- Expiry follows the caller's clock, as in check.lua: an expired one is not resent.
 if v and (v[CLIENT] ~= client or v[STATUS] ~= 'pending' or v[EXPIRES] <= now) then
   v = nil
@@ -33,7 +33,7 @@ end
 -- When several limits refuse, the one that reopens last is the Retry-After.
 local wait, reason = 0, 'cooldown'
 local inside = {}
-for _, t in ipairs(state.w) do
+for _, t in ipairs(state[CALL_TIMES]) do
   if t > now - window then
     inside[#inside + 1] = t
   end
@@ -60,7 +60,7 @@ if wait > 0 then
 end
 
 -- Nothing is taken unless every limit admits the call.
-state.w[#state.w + 1] = now
+table.insert(state[CALL_TIMES], now)
 for i = 2, #KEYS do
   window_take(KEYS[i], now, tonumber(ARGV[8 + (i - 2) * 3 + 2]))
 end

@@ -43,7 +43,7 @@ class SandboxProvider:
 
     def _place(self, phone: str, channel: str, code: str, **extra: str) -> PlacedCall:
         call = SandboxCall(
-            f"sandbox-{secrets.token_hex(8)}", phone, channel, code, time.time(), **extra
+            f"sb-{secrets.token_urlsafe(9)}", phone, channel, code, time.time(), **extra
         )
         calls = self._by_phone.setdefault(phone, deque(maxlen=_CALLS_PER_PHONE))
         self._by_phone.move_to_end(phone)
