@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,7 @@ STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 BREAKER: web.AppKey[CircuitBreaker | None] = web.AppKey("breaker")
 MONITOR: web.AppKey[BalanceMonitor | None] = web.AppKey("monitor")
+ACCESS_LOG = web.AppKey("access_log", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,12 +75,15 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource else "(unmatched)"
 
 
+# Request ids: a random prefix per process and a counter, unique without a syscall each.
+_REQUEST_IDS = (f"{secrets.token_hex(8)}{n:016x}" for n in itertools.count())
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id, render every error as problem+json, and write one access event."""
     given = request.headers.get("X-Request-ID", "")
-    request_id = given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(16)
-    structlog.contextvars.clear_contextvars()
+    request_id = given if 0 < len(given) <= 128 and given.isprintable() else next(_REQUEST_IDS)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     try:
@@ -96,13 +101,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             log.exception("unhandled error", method=request.method, route=_route(request))
             response = _problem_response(ServiceError("an unexpected error; it was logged"))
         response.headers["X-Request-ID"] = request_id
-        log.info(
-            "request",
-            method=request.method,
-            route=_route(request),
-            status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        if request.app[ACCESS_LOG]:
+            log.info(
+                "request",
+                method=request.method,
+                route=_route(request),
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
         return response
     finally:
         structlog.contextvars.clear_contextvars()
@@ -160,6 +166,7 @@ def create_app(
     app[BREAKER] = None
     app[MONITOR] = None
     app[api.API_KEYS] = api.api_key_digests(settings)
+    app[ACCESS_LOG] = settings.log_level in ("debug", "info")
 
     if settings.secret is None:
         log.warning("CALLAUTH_SECRET is unset: a random one is used, codes die with the process")

@@ -106,7 +106,7 @@ class Store:
     # Keys -------------------------------------------------------------------------------
 
     def phone_tag(self, phone: str) -> str:
-        return hmac.new(self._secret, b"phone:" + phone.encode(), hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self._secret, b"phone:" + phone.encode(), "sha256").hex()[:16]
 
     def new_id(self, tag: str) -> str:
         return f"vf_{tag}{secrets.token_urlsafe(12)}"
@@ -122,7 +122,7 @@ class Store:
         return self._phone_key(match[1]), match[2]
 
     def _ip_key(self, ip: str) -> str:
-        digest = hmac.new(self._secret, b"ip:" + ip.encode(), hashlib.sha256).hexdigest()[:24]
+        digest = hmac.digest(self._secret, b"ip:" + ip.encode(), "sha256").hex()[:24]
         return f"{self.prefix}{{ip:{digest}}}"
 
     def _idem_key(self, client: str, key: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -106,7 +105,7 @@ class Verifier:
     def _hash(self, verification_id: str, code: str) -> str:
         """HMAC-SHA256 of the code, bound to its verification, cut to 128 bits (base64url)."""
         message = f"{verification_id}:{code}".encode()
-        digest = hmac.new(self._secret, message, hashlib.sha256).digest()[:16]
+        digest = hmac.digest(self._secret, message, "sha256")[:16]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def view(self, rec: Record) -> Verification:
