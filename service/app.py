@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from service import api, demo, openapi
+from service import api, demo, logs, openapi
 from service.breaker import CircuitBreaker, GuardedProvider
 from service.errors import (
     MethodNotAllowed,
@@ -84,7 +84,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Bind a request id, render every error as problem+json, and write one access event."""
     given = request.headers.get("X-Request-ID", "")
     request_id = given if 0 < len(given) <= 128 and given.isprintable() else next(_REQUEST_IDS)
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    token = logs.REQUEST_ID.set(request_id)
     started = time.perf_counter()
     try:
         try:
@@ -111,7 +111,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             )
         return response
     finally:
-        structlog.contextvars.clear_contextvars()
+        logs.REQUEST_ID.reset(token)
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -250,3 +250,30 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# Request ids -------------------------------------------------------------------------------
+
+
+async def test_every_log_line_of_a_request_carries_its_request_id(make_app, service_logs) -> None:
+    client = await make_app()
+    given = await client.post(
+        "/v1/verifications", json={"phone": PHONE}, headers={**AUTH, "X-Request-ID": "req-given-1"}
+    )
+    assert given.status == 201
+    assert given.headers["X-Request-ID"] == "req-given-1"
+    made = [await client.get("/healthz") for _ in range(2)]
+    made_ids = [r.headers["X-Request-ID"] for r in made]
+    assert len(set(made_ids)) == 2 and "req-given-1" not in made_ids
+    # A header too long or unprintable is not taken: the service makes one.
+    odd = await client.get("/healthz", headers={"X-Request-ID": "x" * 129})
+    assert odd.headers["X-Request-ID"] != "x" * 129
+
+    lines = service_logs.lines()
+    of_start = [line for line in lines if line.get("request_id") == "req-given-1"]
+    assert {"sandbox call placed", "call placed", "request"} <= {x["event"] for x in of_start}
+    access = [line for line in lines if line["event"] == "request"]
+    assert [a["request_id"] for a in access[1:3]] == made_ids
+    # Outside a request nothing is bound: the start-up line has no request id.
+    started = [line for line in lines if line["event"] == "started"]
+    assert started and all("request_id" not in line for line in started)
