@@ -274,13 +274,16 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def add_routes(app: web.Application, *, sandbox: bool) -> None:
-    app.router.add_post("/v1/verifications", start)
-    app.router.add_post("/v1/verifications/check", check_by_phone)
-    app.router.add_get("/v1/verifications/{id}", get)
-    app.router.add_delete("/v1/verifications/{id}", cancel)
-    app.router.add_post("/v1/verifications/{id}/check", check)
-    app.router.add_post("/v1/verifications/{id}/resend", resend)
+def routes(*, sandbox: bool) -> list[web.RouteDef]:
+    table = [
+        web.post("/v1/verifications", start),
+        web.post("/v1/verifications/check", check_by_phone),
+        web.get("/v1/verifications/{id}", get),
+        web.delete("/v1/verifications/{id}", cancel),
+        web.post("/v1/verifications/{id}/check", check),
+        web.post("/v1/verifications/{id}/resend", resend),
+        web.get("/healthz", healthz),
+    ]
     if sandbox:
-        app.router.add_get("/v1/sandbox/calls", sandbox_calls)
-    app.router.add_get("/healthz", healthz)
+        table.append(web.get("/v1/sandbox/calls", sandbox_calls))
+    return table

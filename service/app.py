@@ -62,56 +62,91 @@ def _problem_response(err: ServiceError) -> web.Response:
 def _from_http(exc: web.HTTPException) -> ServiceError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed(f"{exc.method} is not allowed here")
     if isinstance(exc, web.HTTPUnsupportedMediaType):
         return UnsupportedMediaType("send application/json")
     return NotFound("no such route")
 
 
+_UNMATCHED = "unmatched"
+
+
 def _route(request: web.Request) -> str:
     """The route's template, never the raw path: a client may have put a code in a URL."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource else "(unmatched)"
+    if resource is None or resource.name == _UNMATCHED:
+        return "(unmatched)"
+    return resource.canonical
 
 
 # Request ids: a random prefix per process and a counter, unique without a syscall each.
 _REQUEST_IDS = (f"{secrets.token_hex(8)}{n:016x}" for n in itertools.count())
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id, render every error as problem+json, and write one access event."""
-    given = request.headers.get("X-Request-ID", "")
-    request_id = given if 0 < len(given) <= 128 and given.isprintable() else next(_REQUEST_IDS)
-    token = logs.REQUEST_ID.set(request_id)
-    started = time.perf_counter()
-    try:
+def served(handler: Handler) -> Handler:
+    """Wrap a route's handler: bind a request id, render every error as problem+json, and
+    write one access event. A wrapper per route rather than a middleware: aiohttp's middleware
+    chain cost a status read a tenth of its throughput."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        given = request.headers.get("X-Request-ID", "")
+        ok = 0 < len(given) <= 128 and given.isprintable()
+        request_id = given if ok else next(_REQUEST_IDS)
+        token = logs.REQUEST_ID.set(request_id)
+        started = time.perf_counter()
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = _problem_response(_from_http(exc))
-            if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods that are allowed
-                response.headers["Allow"] = exc.headers["Allow"]
-        except ServiceError as err:
-            response = _problem_response(err)
-        except Exception:
-            log.exception("unhandled error", method=request.method, route=_route(request))
-            response = _problem_response(ServiceError("an unexpected error; it was logged"))
-        response.headers["X-Request-ID"] = request_id
-        if request.app[ACCESS_LOG]:
-            log.info(
-                "request",
-                method=request.method,
-                route=_route(request),
-                status=response.status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = _problem_response(_from_http(exc))
+            except ServiceError as err:
+                response = _problem_response(err)
+            except Exception:
+                log.exception("unhandled error", method=request.method, route=_route(request))
+                response = _problem_response(ServiceError("an unexpected error; it was logged"))
+            response.headers["X-Request-ID"] = request_id
+            if request.app[ACCESS_LOG]:
+                log.info(
+                    "request",
+                    method=request.method,
+                    route=_route(request),
+                    status=response.status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            return response
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+    return serve
+
+
+def _method_not_allowed(allowed: set[str]) -> Handler:
+    allow = ",".join(sorted(allowed))
+
+    async def refuse(request: web.Request) -> web.Response:
+        response = _problem_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+        response.headers["Allow"] = allow  # RFC 9110: a 405 names the methods that are allowed
         return response
-    finally:
-        logs.REQUEST_ID.reset(token)
+
+    return refuse
+
+
+async def _no_such_route(request: web.Request) -> web.Response:
+    raise NotFound("no such route")
+
+
+def add_routes(app: web.Application, table: list[web.RouteDef]) -> None:
+    """Every route served(); another method on a known path is a 405, any other path a 404,
+    both problem documents."""
+    app.router.add_routes(
+        [web.RouteDef(r.method, r.path, served(r.handler), r.kwargs) for r in table]
+    )
+    for resource in list(app.router.resources()):
+        if isinstance(resource, web.Resource):
+            allowed = {route.method for route in resource}
+            resource.add_route("*", served(_method_not_allowed(allowed)))
+    app.router.add_route("*", "/{tail:.*}", served(_no_such_route), name=_UNMATCHED)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -161,7 +196,7 @@ def create_app(
     settings: Settings, *, clock: Callable[[], float] = time.time, redis: Any = None
 ) -> web.Application:
     """Build the application; resources open and close with it (cleanup_ctx)."""
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY)
     metrics = app[METRICS] = Metrics()
     app[BREAKER] = None
     app[MONITOR] = None
@@ -214,10 +249,15 @@ def create_app(
             await store.close()
 
     app.cleanup_ctx.append(resources)
-    api.add_routes(app, sandbox=settings.provider_name == "sandbox")
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/openapi.json", openapi.handler)
-    if settings.provider_name == "sandbox":
-        demo.add_routes(app)
+    sandbox = settings.provider_name == "sandbox"
+    add_routes(
+        app,
+        [
+            *api.routes(sandbox=sandbox),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_handler),
+            web.get("/openapi.json", openapi.handler),
+            *(demo.routes() if sandbox else []),
+        ],
+    )
     return app

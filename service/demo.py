@@ -37,7 +37,7 @@ def _read(name: str) -> bytes:
     return resources.files("service").joinpath("static", name).read_bytes()
 
 
-def add_routes(app: web.Application) -> None:
+def routes() -> list[web.RouteDef]:
     """Serve the page and its assets; read once here, so no request touches the disk."""
     files = {name: _read(name) for name in (_PAGE, *_ASSETS)}
 
@@ -55,5 +55,4 @@ def add_routes(app: web.Application) -> None:
             body=files[name], content_type=content_type, charset="utf-8", headers=_HEADERS
         )
 
-    app.router.add_get("/demo", page)
-    app.router.add_get("/demo/{name}", asset)
+    return [web.get("/demo", page), web.get("/demo/{name}", asset)]

@@ -378,3 +378,35 @@ async def test_readyz_answers_200_when_redis_answers(make_app) -> None:
     resp = await client.get("/readyz")
     assert resp.status == 200
     assert (await resp.json())["status"] == "ok"
+
+
+# Routes ------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_path_is_a_404_problem_logged_without_its_path(
+    make_app, service_logs
+) -> None:
+    client = await make_app()
+    for path in ("/v2/verifications", "/v1/verifications/vf_x/nope", "/12345/79035675124"):
+        resp = await client.post(path, json={}, headers=AUTH)
+        await problem(resp, 404, "not_found")
+        assert resp.headers["X-Request-ID"]
+    routes = [line["route"] for line in service_logs.lines() if line["event"] == "request"]
+    assert routes == ["(unmatched)"] * 3
+
+
+async def test_a_known_path_with_another_method_is_a_405_naming_the_allowed_ones(
+    make_app,
+) -> None:
+    client = await make_app()
+    cases = {
+        ("PUT", "/v1/verifications"): "POST",
+        ("POST", "/healthz"): "GET,HEAD",
+        ("PATCH", "/v1/verifications/vf_0123456789abcdef0123456789abcdef"): "DELETE,GET,HEAD",
+        ("GET", "/v1/verifications/vf_0123456789abcdef0123456789abcdef/check"): "POST",
+    }
+    for (method, path), allow in cases.items():
+        resp = await client.request(method, path, headers=AUTH)
+        await problem(resp, 405, "method_not_allowed")
+        assert resp.headers["Allow"] == allow
+    assert (await client.head("/healthz")).status == 200
