@@ -161,14 +161,18 @@ class Store:
         phone_call = self._scripts["reserve"](
             keys=[self._phone_key(tag), *(key for _, key, _ in folded)],
             args=[
-                now_ms,
-                cooldown_ms,
-                phone_limit.count,
-                phone_window_ms,
-                max_sends,
-                client,
-                resent,
-                *(v for name, _, lim in folded for v in (name, lim.count, lim.window_s * 1000)),
+                orjson.dumps(
+                    [
+                        now_ms,
+                        cooldown_ms,
+                        phone_limit.count,
+                        phone_window_ms,
+                        max_sends,
+                        client,
+                        resent,
+                        [[name, lim.count, lim.window_s * 1000] for name, _, lim in folded],
+                    ]
+                )
             ],
         )
         apart = [] if folded else windows
@@ -266,18 +270,22 @@ class Store:
             raw = await self._scripts["commit"](
                 keys=[self._phone_key(r.tag)],
                 args=[
-                    self._located(r.id)[1],
-                    client,
-                    phone,
-                    channel,
-                    code_hash,
-                    code_length,
-                    call_id,
-                    r.at_ms,
-                    ttl_ms,
-                    max_checks,
-                    r.keep_ms,
-                    "1" if r.is_new else "0",
+                    orjson.dumps(
+                        [
+                            self._located(r.id)[1],
+                            client,
+                            phone,
+                            channel,
+                            code_hash,
+                            code_length,
+                            call_id,
+                            r.at_ms,
+                            ttl_ms,
+                            max_checks,
+                            r.keep_ms,
+                            r.is_new,
+                        ]
+                    )
                 ],
             )
         if not raw:

@@ -3,21 +3,18 @@
 -- KEYS[1] the phone's state
 -- KEYS[2..] the end-user IP's and the client's windows, where they may share a script (one
 -- Redis or Sentinel; a Cluster keeps them in other slots and takes them with window.lua)
--- ARGV: now_ms, cooldown_ms, limit, window_ms, max_sends, client, id of the verification to
---       resend ('': the client's pending one, if any), then name, limit, window_ms for each
---       of KEYS[2..]
+-- ARGV[1]: JSON [now_ms, cooldown_ms, limit, window_ms, max_sends, client, id of the
+--       verification to resend ('': the client's pending one, if any), [[name, limit,
+--       window_ms] for each of KEYS[2..]]] (one argument: redis-py packs each one in Python)
 -- Returns {'ok', id of the verification resent or ''}
 -- | {'rate_limited', retry_ms, 'cooldown', 'phone' or the name of a KEYS[2..] window}
 -- | {'max_sends', retry_ms} | {'not_found', 0}
-local now = tonumber(ARGV[1])
-local cooldown = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
-local client = ARGV[6]
+local now, cooldown, limit, window, max_sends, client, resent, windows =
+  unpack(cjson.decode(ARGV[1]))
 local state = load_state(KEYS[1])
 
-local explicit = ARGV[7] ~= ''
-local id = explicit and ARGV[7] or state[PENDING][client]
+local explicit = resent ~= ''
+local id = explicit and resent or state[PENDING][client]
 local v = id and state[VERIFICATIONS][id]
 -- Expiry follows the caller's clock, as in check.lua: an expired one is not resent.
 if v and (v[CLIENT] ~= client or v[STATUS] ~= 'pending' or v[EXPIRES] <= now) then
@@ -26,7 +23,7 @@ end
 if explicit and not v then
   return {'not_found', 0}
 end
-if v and v[SENDS] >= tonumber(ARGV[5]) then
+if v and v[SENDS] >= max_sends then
   return {'max_sends', math.max(1, v[EXPIRES] - now)}
 end
 
@@ -49,10 +46,10 @@ if #inside >= limit then
   end
 end
 for i = 2, #KEYS do
-  local a = 8 + (i - 2) * 3
-  local reopens = window_wait(KEYS[i], now, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
+  local name, other_limit, other_window = unpack(windows[i - 1])
+  local reopens = window_wait(KEYS[i], now, other_limit, other_window)
   if reopens > wait then
-    wait, reason = reopens, ARGV[a]
+    wait, reason = reopens, name
   end
 end
 if wait > 0 then
@@ -62,7 +59,7 @@ end
 -- Nothing is taken unless every limit admits the call.
 table.insert(state[CALL_TIMES], now)
 for i = 2, #KEYS do
-  window_take(KEYS[i], now, tonumber(ARGV[8 + (i - 2) * 3 + 2]))
+  window_take(KEYS[i], now, windows[i - 1][3])
 end
 if v then
   v[SENDS] = v[SENDS] + 1

@@ -10,8 +10,8 @@ Channel = Literal["flash_call", "voice_call"]
 
 
 def random_digits(length: int) -> str:
-    """A code of `length` digits from the CSPRNG."""
-    return "".join(secrets.choice("0123456789") for _ in range(length))
+    """A code of `length` digits from the CSPRNG, every one of the 10**length equally likely."""
+    return f"{secrets.randbelow(10**length):0{length}d}"
 
 
 @dataclass(frozen=True, slots=True)
