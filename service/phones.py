@@ -27,20 +27,17 @@ def normalize(raw: str) -> Phone:
     # "79035675124" is E.164 without the plus, as New-Tel writes it; "89035675124" is the
     # Russian domestic form. Try the international reading first.
     candidates = ["+" + text, text] if text.isdigit() and len(text) > 10 else [text]
-    number = None
     for candidate in candidates:
         try:
-            parsed = phonenumbers.parse(candidate, DEFAULT_REGION)
+            number = phonenumbers.parse(candidate, DEFAULT_REGION)
         except phonenumbers.NumberParseException:
             continue
-        if phonenumbers.is_valid_number(parsed):
-            number = parsed
-            break
-    if number is None:
-        raise InvalidPhone("phone is not a valid number")
-    region = phonenumbers.region_code_for_number(number) or ""
-    digits = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
-    return Phone(e164_digits=digits, region=region)
+        # What is_valid_number does, keeping the region it works out (the costly part).
+        region = phonenumbers.region_code_for_number(number)
+        if region and phonenumbers.is_valid_number_for_region(number, region):
+            digits = f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+            return Phone(e164_digits=digits, region=region)
+    raise InvalidPhone("phone is not a valid number")
 
 
 def mask(digits: str) -> str:
