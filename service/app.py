@@ -79,7 +79,7 @@ def _route(request: web.Request) -> str:
 
 
 # Request ids: a random prefix per process and a counter, unique without a syscall each.
-_REQUEST_IDS = (f"{secrets.token_hex(8)}{n:016x}" for n in itertools.count())
+_REQUEST_IDS = map(f"{secrets.token_hex(8)}{{:016x}}".format, itertools.count())
 
 
 def served(handler: Handler) -> Handler:

@@ -411,6 +411,8 @@ class _Op:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
         self._timer.observe(time.perf_counter() - self._started)
+        if exc is None:
+            return
         if isinstance(
             exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError
         ):
