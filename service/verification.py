@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import ipaddress
 import json
 import time
@@ -27,7 +26,7 @@ from service.phones import mask, normalize
 from service.providers.base import Channel, PlacedCall, Provider, random_digits
 from service.providers.sandbox import SandboxProvider
 from service.settings import Settings
-from service.store import Record, Reservation, Store
+from service.store import KeyedHash, Record, Reservation, Store
 
 log = structlog.get_logger("service.verification")
 
@@ -88,7 +87,7 @@ class Verifier:
         self.store = store
         self.provider = provider
         self.sandbox = provider if isinstance(provider, SandboxProvider) else None
-        self._secret = secret
+        self._keyed = KeyedHash(secret)
         self._clock = clock
 
     def _count(self, counter: Counter, *labels: str) -> None:
@@ -105,7 +104,7 @@ class Verifier:
     def _hash(self, verification_id: str, code: str) -> str:
         """HMAC-SHA256 of the code, bound to its verification, cut to 128 bits (base64url)."""
         message = f"{verification_id}:{code}".encode()
-        digest = hmac.digest(self._secret, message, "sha256")[:16]
+        digest = self._keyed(message)[:16]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def view(self, rec: Record) -> Verification:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from conftest import AUTH, CODE_FIELD, OTHER, PHONE, SECRET
 from fake_newtel import OWN_PIN
+
+from service.store import KeyedHash
 
 KZ_PHONE = "77011234567"
 TEST_NUMBER = "77017654321"
@@ -166,3 +170,25 @@ async def test_a_newtel_flow_logs_no_code_pin_key_or_full_phone(
         values = {k: v for k, v in line.items() if k not in ("timestamp", "request_id")}
         for code in codes:
             assert not digits_present(code, str(values)), (code, line)
+
+
+async def test_the_stored_code_hash_is_the_hmac_of_the_id_and_code_under_the_secret(
+    make_app, backend
+) -> None:
+    client = await make_app(resend_cooldown_s=0)
+    first = await (await start(client, PHONE, AUTH)).json()
+    await start(client, PHONE, AUTH, channel="voice_call")  # the resend's code replaces it
+    other = await (await start(client, KZ_PHONE, AUTH)).json()
+    stored = await backend.verifications()
+    for verification_id, phone in ((first["id"], PHONE), (other["id"], KZ_PHONE)):
+        listing = await client.get(f"/v1/sandbox/calls?phone={phone}", headers=AUTH)
+        code = (await listing.json())["calls"][0]["code"]  # the latest call's code counts
+        digest = hmac.new(SECRET.encode(), f"{verification_id}:{code}".encode(), "sha256")
+        expected = base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
+        assert stored[verification_id][CODE_FIELD] == expected
+
+
+def test_a_keyed_hash_set_up_once_matches_a_fresh_hmac_for_every_message() -> None:
+    keyed = KeyedHash(b"k" * 32)
+    for message in (b"", b"a", b"phone:79035675124", b"a", bytes(range(256))):
+        assert keyed(message) == hmac.digest(b"k" * 32, message, "sha256")
