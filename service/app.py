@@ -1,4 +1,4 @@
-"""create_app(settings): the store, the provider, the rules, middlewares and routes."""
+"""create_app(settings): the store, the provider, the rules and the routes (each one served)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Domain errors with their stable codes, and the middleware that renders them as problem+json."""
+"""Domain errors with their stable codes, and the problem+json document they render as."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import structlog
 from service.phones import mask
 
 SANDBOX_EVENT = "sandbox call placed"
-# The request being served, set by the HTTP middleware: one ContextVar rather than structlog's
-# contextvars, whose bind and clear cost more than everything else the middleware does.
+# The request being served, set by app.served() around each handler: one ContextVar rather
+# than structlog's contextvars, whose bind and clear cost more than the rest of the wrapper.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # Field names that could carry a secret; the sandbox event alone may show its code.
 _SECRET_FIELDS = frozenset(
