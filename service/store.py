@@ -51,6 +51,7 @@ _ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
 _FIELDS = ("client", "status", "code_length", "checks_left", "sends", "expires_at", "calls")
 _CHANNELS = {"f": "flash_call", "v": "voice_call"}
 _PHONE, _PENDING, _VERIFICATIONS = 0, 2, 3  # a phone's state, as lua/_prelude.lua keeps it
+_CLIENT, _EXPIRES = _FIELDS.index("client"), _FIELDS.index("expires_at")
 
 
 _LUA = Path(__file__).with_name("lua")
@@ -306,7 +307,7 @@ class Store:
         state = await self._state(key)
         # An empty table is [] to some Lua JSON encoders and {} to others.
         fields = (state[_VERIFICATIONS] or {}).get(rand) if state else None
-        if not fields or fields[0] != client or fields[5] <= now_ms:
+        if not fields or fields[_CLIENT] != client or fields[_EXPIRES] <= now_ms:
             raise NotFound("no such verification")
         return _record(verification_id, state[_PHONE], fields)
 
