@@ -7,8 +7,8 @@ tag, so that phone numbers never appear in key names):
                                   calls (sliding window, resend cooldown), each client's
                                   pending verification, the verifications themselves
                                   (id = "vf_" + T + <rand>). TTL: what of it matters longest
-    P{ip:<H>}             hash    starts from one end-user IP (H = HMAC) per slot. TTL: window
-    P{cl:<client>}        hash    calls paid by one client per slot. TTL: window
+    P{ip:<H>}:slots       hash    starts from one end-user IP (H = HMAC) per slot. TTL: window
+    P{cl:<client>}:slots  hash    calls paid by one client per slot. TTL: window
     P{idem:<client>}:<H>  string  an Idempotency-Key's first answer. TTL: code TTL
 
 One key per phone: a pending verification costs one key, not three, and every rule that
@@ -18,6 +18,8 @@ calls; the IP's and the client's windows, which may hold thousands, are 60 slot 
 each (see window_wait in lua/_prelude.lua): memory bounded per limit, not per call.
 
 A status read is a plain GET: the record is already JSON, and a script would only copy it.
+No key name is one that the earlier layout (a hash, a pointer and a window per verification,
+zset logs for the IP and the client) used with another type.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class Store:
 
     def _ip_key(self, ip: str) -> str:
         digest = self._keyed(b"ip:" + ip.encode()).hex()[:24]
-        return f"{self.prefix}{{ip:{digest}}}"
+        return f"{self.prefix}{{ip:{digest}}}:slots"
 
     def _idem_key(self, client: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -151,7 +153,7 @@ class Store:
         if ip:
             windows.append(("ip", self._ip_key(ip), ip_limit))
         if client_limit is not None:
-            windows.append(("client", f"{self.prefix}{{cl:{client}}}", client_limit))
+            windows.append(("client", f"{self.prefix}{{cl:{client}}}:slots", client_limit))
         # On one Redis every limit is taken in the same script, all or nothing. A Cluster keeps
         # the IP's and the client's windows in other slots: one script each, in the same round
         # trip, and what a refused start took is given back.

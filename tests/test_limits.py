@@ -546,3 +546,17 @@ def test_a_slotted_window_never_admits_more_than_its_limit_and_reopens_when_it_s
         assert window_redis.hlen(key) <= 61
     finally:
         window_redis.delete(key)
+
+
+async def test_keys_of_the_earlier_layout_do_not_stand_in_the_way(make_app, backend) -> None:
+    """The limits once lived in zsets named P{cl:<client>} and P{ip:<hmac>}; during a rolling
+    upgrade such keys are still there, and the slot counters must not trip on their type."""
+    client = await make_app(ip_limit="5/3600", client_limit="5/3600")
+    await backend.redis.zadd(f"{backend.prefix}{{cl:dev}}", {"old-call": 1})
+    await backend.redis.expire(f"{backend.prefix}{{cl:dev}}", 60)
+    assert (await start(client, PHONES[0], ip="203.0.113.7")).status == 201
+    kinds = {key: await backend.redis.type(key) for key in await backend.keys()}
+    assert kinds[f"{backend.prefix}{{cl:dev}}"] == "zset"
+    slots = [key for key in kinds if key.endswith(":slots")]
+    assert len(slots) == 2
+    assert all(kinds[key] == "hash" for key in slots)
