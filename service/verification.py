@@ -337,12 +337,12 @@ class Verifier:
         """Ask New-Tel for calls whose outcome is unknown, at most once per refresh period;
         `rec` is updated in place."""
         now_ms = self._now_ms()
+        refresh_ms = self.settings.status_refresh_s * 1000
+        # A stored call: [channel, placed_at_ms, call_id, status, checked_at_s] (store._record).
         due = [
             (index, call)
             for index, call in enumerate(rec["calls"], 1)
-            if call[2]
-            and not call[3]
-            and now_ms - call[4] * 1000 >= self.settings.status_refresh_s * 1000
+            if call[2] and not call[3] and now_ms - call[4] * 1000 >= refresh_ms
         ]
         if not due:
             return
@@ -359,7 +359,7 @@ class Verifier:
                 status = None
             word = (status or "")[:20]
             await self.store.set_call_status(rec["id"], index, word, now_ms)
-            call[3], call[4] = word, now_ms // 1000
+            call[3:] = [word, now_ms // 1000]
 
 
 def _ip_bucket(ip: str) -> str:
