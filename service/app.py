@@ -146,7 +146,8 @@ def add_routes(app: web.Application, table: list[web.RouteDef]) -> None:
         if isinstance(resource, web.Resource):
             allowed = {route.method for route in resource}
             resource.add_route("*", served(_method_not_allowed(allowed)))
-    app.router.add_route("*", "/{tail:.*}", served(_no_such_route), name=_UNMATCHED)
+    # [\s\S], not ".": a path may hold an encoded newline.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", served(_no_such_route), name=_UNMATCHED)
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import AUTH, OTHER, PHONE
 from fake_newtel import OWN_PIN
+from yarl import URL
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
 VF_ID = re.compile(r"^vf_[0-9A-Za-z_-]+$")
@@ -387,12 +388,14 @@ async def test_an_unknown_path_is_a_404_problem_logged_without_its_path(
     make_app, service_logs
 ) -> None:
     client = await make_app()
-    for path in ("/v2/verifications", "/v1/verifications/vf_x/nope", "/12345/79035675124"):
-        resp = await client.post(path, json={}, headers=AUTH)
+    paths = ["/v2/verifications", "/v1/verifications/vf_x/nope", "/12345/79035675124"]
+    paths += ["/foo%0Abar", "/v1/verifications%0A"]  # an encoded newline is a path too
+    for path in paths:
+        resp = await client.post(URL(path, encoded=True), json={}, headers=AUTH)
         await problem(resp, 404, "not_found")
         assert resp.headers["X-Request-ID"]
     routes = [line["route"] for line in service_logs.lines() if line["event"] == "request"]
-    assert routes == ["(unmatched)"] * 3
+    assert routes == ["(unmatched)"] * len(paths)
 
 
 async def test_a_known_path_with_another_method_is_a_405_naming_the_allowed_ones(

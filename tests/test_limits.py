@@ -485,9 +485,6 @@ async def test_retry_after_waits_for_the_longest_refusing_limit(make_app, clock:
 
 # The slotted windows (IP, client) ----------------------------------------------------------
 
-WINDOW_MS = 60_000
-SLOT_MS = WINDOW_MS // 60
-
 
 @pytest.fixture(params=["redis", "embedded"])
 def window_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
@@ -507,37 +504,43 @@ def window_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     limit=st.integers(1, 6),
-    steps=st.lists(st.integers(0, 4 * SLOT_MS), min_size=1, max_size=60),
+    window_ms=st.integers(1_000, 120_000),
+    steps=st.lists(st.tuples(st.floats(0, 4), st.booleans()), min_size=1, max_size=60),
 )
 def test_a_slotted_window_never_admits_more_than_its_limit_and_reopens_when_it_says(
-    window_redis: Any, limit: int, steps: list[int]
+    window_redis: Any, limit: int, window_ms: int, steps: list[tuple[float, bool]]
 ) -> None:
-    """Whatever the calls' timing: no window-long span holds more than `limit` admitted calls;
-    a refusal happens only when the window plus one slot holds `limit`; the wait it names is
-    exact (one ms earlier is still refused); and the hash keeps at most 61 slots."""
+    """Whatever the calls' timing, and calls given back now and then: no window-long span
+    holds more than `limit` calls; a refusal happens only when the window plus one slot holds
+    `limit`; the wait it names is exact (one ms earlier is still refused); and the hash keeps
+    at most 61 slots."""
     script = window_redis.register_script(_script("window"))
     key = f"callauth-test:{RUN_ID}:window:{uuid.uuid4().hex}"
-    now = int(time.time() * 1000)  # keys expire by it: no earlier than real time
+    slot_ms = -(-window_ms // 60)
+    now = int(time.time() * 1000)
     admitted: list[int] = []
 
     def attempt(at: int) -> int:
-        return int(script(keys=[key], args=[at, WINDOW_MS, limit, "take"]))
+        return int(script(keys=[key], args=[at, window_ms, limit, "take"]))
 
     try:
-        for step in steps:
-            now += step
+        for slots_later, give_back in steps:
+            now += int(slots_later * slot_ms)
+            if give_back and admitted:
+                # The call was not placed after all: as if it had never been taken.
+                script(keys=[key], args=[admitted.pop(), window_ms, 0, "give"])
+                continue
             wait = attempt(now)
             if wait == 0:
                 admitted.append(now)
-                span = [t for t in admitted if t > now - WINDOW_MS]
-                assert len(span) <= limit
+                assert len([t for t in admitted if t > now - window_ms]) <= limit
                 continue
-            assert len([t for t in admitted if t > now - WINDOW_MS - SLOT_MS]) >= limit
-            assert wait <= WINDOW_MS + SLOT_MS
+            assert len([t for t in admitted if t > now - window_ms - slot_ms]) >= limit
+            assert wait <= window_ms + slot_ms
             if wait > 1:
                 assert attempt(now + wait - 1) > 0
             assert attempt(now + wait) == 0
@@ -560,3 +563,20 @@ async def test_keys_of_the_earlier_layout_do_not_stand_in_the_way(make_app, back
     slots = [key for key in kinds if key.endswith(":slots")]
     assert len(slots) == 2
     assert all(kinds[key] == "hash" for key in slots)
+
+
+async def test_an_app_clock_behind_redis_loses_neither_verifications_nor_limits(
+    make_app, clock: Clock
+) -> None:
+    """TTLs are set relative to the service's clock: two hours of skew shorten nothing."""
+    clock.advance(-7200)
+    client = await make_app(phone_limit="1/3600", ip_limit="1/3600", client_limit="2/3600")
+    started = await start(client, PHONES[0], ip="203.0.113.7")
+    assert started.status == 201
+    verification_id = (await started.json())["id"]
+    assert (await client.get(f"/v1/verifications/{verification_id}", headers=AUTH)).status == 200
+    await cancel(client, started)
+    await assert_rate_limited(await start(client, PHONES[0]))  # the phone's window
+    await assert_rate_limited(await start(client, PHONES[1], ip="203.0.113.7"))  # the IP's
+    assert (await start(client, PHONES[2])).status == 201
+    await assert_rate_limited(await start(client, PHONES[3]))  # the client's budget

@@ -12,11 +12,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from conftest import AUTH, PHONE, make_settings
 
-from service.app import create_app
+from service.app import ACCESS_LOG, create_app, served
 from service.breaker import CircuitBreaker
-from service.errors import ProviderUnavailable
+from service.errors import NotFound, ProviderUnavailable
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,3 +282,22 @@ async def test_every_log_line_of_a_request_carries_its_request_id(make_app, serv
     started = [line for line in lines if line["event"] == "started"]
     assert started
     assert all("request_id" not in line for line in started)
+
+
+async def test_the_request_id_is_unbound_when_its_request_ends(service_logs) -> None:
+    """served() runs the handler in the caller's context: what it binds must not outlive it."""
+    log = structlog.get_logger("test")
+
+    async def handler(request: web.Request) -> web.Response:
+        log.info("inside")
+        raise NotFound("nothing here")
+
+    app = web.Application()
+    app[ACCESS_LOG] = True
+    request = make_mocked_request("GET", "/x", headers={"X-Request-ID": "rid-1"}, app=app)
+    response = await served(handler)(request)
+    assert response.status == 404
+    assert response.headers["X-Request-ID"] == "rid-1"
+    log.info("after")
+    ids = {line["event"]: line.get("request_id") for line in service_logs.lines()}
+    assert ids == {"inside": "rid-1", "request": "rid-1", "after": None}

@@ -26,7 +26,8 @@ local function write_state(key, state)
 end
 
 -- Write back without what no longer matters at `now` (calls older than `keep` ms, expired
--- verifications): the key lives exactly as long as the rest of it matters.
+-- verifications): the key lives exactly as long as the rest of it matters. TTLs are relative
+-- to the caller's clock, so a skew between it and Redis's clock shortens nothing.
 local function save_state(key, state, now, keep)
   local last = 0
   local times = {}
@@ -53,7 +54,7 @@ local function save_state(key, state, now, keep)
   if last <= now then
     redis.call('DEL', key)
   else
-    redis.call('SET', key, cjson.encode(state), 'PXAT', last)
+    redis.call('SET', key, cjson.encode(state), 'PX', last - now)
   end
 end
 
@@ -110,7 +111,7 @@ local function window_take(key, now, window)
   local size = slot_size(window)
   local slot = math.floor(now / size)
   redis.call('HINCRBY', key, string.format('%d', slot), 1)
-  redis.call('PEXPIREAT', key, (slot + 1) * size + window)
+  redis.call('PEXPIRE', key, (slot + 1) * size + window - now)
 end
 
 -- Give back a call taken at `at`.
