@@ -11,6 +11,10 @@ from typing import Any
 
 import redis
 
+from service.store import FIELDS, VERIFICATIONS
+
+_CHECKS_LEFT = FIELDS.index("checks_left")
+
 # Key shapes from service/store.py (P = prefix, T = the phone's 16-hex tag).
 _KINDS = (
     ("phone", re.compile(r"^\{[0-9a-f]{16}\}$")),
@@ -83,7 +87,7 @@ def pending_ids(r: redis.Redis, prefix: str) -> list[str]:
         for key, raw in zip(batch, r.mget(batch), strict=True):
             if raw:
                 tag = key[len(prefix) + 1 : len(prefix) + 17]
-                ids += [f"vf_{tag}{rand}" for rand in json.loads(raw)[3] or {}]
+                ids += [f"vf_{tag}{rand}" for rand in json.loads(raw)[VERIFICATIONS] or {}]
     return ids
 
 
@@ -92,9 +96,8 @@ def checks_left(r: redis.Redis, prefix: str, ids: list[str]) -> list[int]:
     raws = r.mget([verification_keys(prefix, i)[0] for i in ids])
     out = []
     for vid, raw in zip(ids, raws, strict=True):
-        # VERIFICATIONS and CHECKS_LEFT of service/lua/_prelude.lua
-        fields = (json.loads(raw)[3] or {}).get(vid[19:]) if raw else None
-        out.append(int(fields[3]) if fields else 0)
+        fields = (json.loads(raw)[VERIFICATIONS] or {}).get(vid[19:]) if raw else None
+        out.append(int(fields[_CHECKS_LEFT]) if fields else 0)
     return out
 
 

@@ -50,10 +50,10 @@ Record = dict[str, Any]
 
 _ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
 # A verification's fields, in the order the scripts keep them (lua/_prelude.lua).
-_FIELDS = ("client", "status", "code_length", "checks_left", "sends", "expires_at", "calls")
+FIELDS = ("client", "status", "code_length", "checks_left", "sends", "expires_at", "calls")
 _CHANNELS = {"f": "flash_call", "v": "voice_call"}
-_PHONE, _PENDING, _VERIFICATIONS = 0, 2, 3  # a phone's state, as lua/_prelude.lua keeps it
-_CLIENT, _EXPIRES = _FIELDS.index("client"), _FIELDS.index("expires_at")
+PHONE, PENDING, VERIFICATIONS = 0, 2, 3  # a phone's state, as lua/_prelude.lua keeps it
+_CLIENT, _EXPIRES = FIELDS.index("client"), FIELDS.index("expires_at")
 
 
 _LUA = Path(__file__).with_name("lua")
@@ -124,9 +124,12 @@ class Store:
             raise NotFound("no such verification")
         return self._phone_key(match[1]), match[2]
 
+    def _slots_key(self, owner: str) -> str:
+        """The slot counters of the IP's or the client's window (lua/_prelude.lua)."""
+        return f"{self.prefix}{{{owner}}}:slots"
+
     def _ip_key(self, ip: str) -> str:
-        digest = self._keyed(b"ip:" + ip.encode()).hex()[:24]
-        return f"{self.prefix}{{ip:{digest}}}:slots"
+        return self._slots_key("ip:" + self._keyed(b"ip:" + ip.encode()).hex()[:24])
 
     def _idem_key(self, client: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -149,11 +152,12 @@ class Store:
         client_limit: Limit | None,
     ) -> Reservation:
         """Take a call from every limit that applies, or take nothing and raise RateLimited."""
-        windows: list[tuple[str, str, Limit]] = []
+        windows: list[tuple[str, str, int, int]] = []  # name, key, limit, window_ms
         if ip:
-            windows.append(("ip", self._ip_key(ip), ip_limit))
+            windows.append(("ip", self._ip_key(ip), ip_limit.count, ip_limit.window_s * 1000))
         if client_limit is not None:
-            windows.append(("client", f"{self.prefix}{{cl:{client}}}:slots", client_limit))
+            key = self._slots_key(f"cl:{client}")
+            windows.append(("client", key, client_limit.count, client_limit.window_s * 1000))
         # On one Redis every limit is taken in the same script, all or nothing. A Cluster keeps
         # the IP's and the client's windows in other slots: one script each, in the same round
         # trip, and what a refused start took is given back.
@@ -162,7 +166,7 @@ class Store:
         resent = self._located(verification_id)[1] if verification_id else ""
         phone_window_ms = phone_limit.window_s * 1000
         phone_call = self._scripts["reserve"](
-            keys=[self._phone_key(tag), *(key for _, key, _ in folded)],
+            keys=[self._phone_key(tag), *(key for _, key, _, _ in folded)],
             args=[
                 orjson.dumps(
                     [
@@ -173,7 +177,7 @@ class Store:
                         max_sends,
                         client,
                         resent,
-                        [[name, lim.count, lim.window_s * 1000] for name, _, lim in folded],
+                        [[name, count, window_ms] for name, _, count, window_ms in folded],
                     ]
                 )
             ],
@@ -184,10 +188,8 @@ class Store:
                 phone, *waits = await asyncio.gather(
                     phone_call,
                     *(
-                        self._scripts["window"](
-                            keys=[key], args=[now_ms, lim.window_s * 1000, lim.count, "take"]
-                        )
-                        for _, key, lim in apart
+                        self._scripts["window"](keys=[key], args=[now_ms, window_ms, count, "take"])
+                        for _, key, count, window_ms in apart
                     ),
                 )
             else:
@@ -201,8 +203,8 @@ class Store:
             keep_ms=max(phone_window_ms, cooldown_ms),
             id=self.new_id(tag) if is_new else verification_id or f"vf_{tag}{value}",
             is_new=is_new,
-            folded=tuple((key, lim.window_s * 1000) for _, key, lim in folded),
-            apart=tuple((key, lim.window_s * 1000) for _, key, lim in apart),
+            folded=tuple((key, window_ms) for _, key, _, window_ms in folded),
+            apart=tuple((key, window_ms) for _, key, _, window_ms in apart),
         )
         if outcome == "ok" and not any(int(w) > 0 for w in waits):
             return reservation
@@ -220,7 +222,7 @@ class Store:
         wait_ms, limit = 0, ""
         if outcome == "rate_limited":
             wait_ms, limit = int(value), str(phone[2])
-        for (name, _, _), w in zip(apart, (int(w) for w in waits), strict=True):
+        for (name, *_), w in zip(apart, (int(w) for w in waits), strict=True):
             if w > wait_ms:
                 wait_ms, limit = w, name
         raise RateLimited(
@@ -293,8 +295,7 @@ class Store:
             )
         if not raw:
             raise NotFound("the verification ended while the call was placed")
-        phone_digits, fields = orjson.loads(raw)
-        return _record(reservation.id, phone_digits, fields)
+        return _public(reservation.id, raw)
 
     # Reads and checks ---------------------------------------------------------------------
 
@@ -308,14 +309,14 @@ class Store:
         key, rand = self._located(verification_id)
         state = await self._state(key)
         # An empty table is [] to some Lua JSON encoders and {} to others.
-        fields = (state[_VERIFICATIONS] or {}).get(rand) if state else None
+        fields = (state[VERIFICATIONS] or {}).get(rand) if state else None
         if not fields or fields[_CLIENT] != client or fields[_EXPIRES] <= now_ms:
             raise NotFound("no such verification")
-        return _record(verification_id, state[_PHONE], fields)
+        return _record(verification_id, state[PHONE], fields)
 
     async def pending_id(self, tag: str, client: str) -> str:
         state = await self._state(self._phone_key(tag))
-        rand = (state[_PENDING] or {}).get(client) if state else None
+        rand = (state[PENDING] or {}).get(client) if state else None
         if not rand:
             raise NotFound("no such verification")
         return f"vf_{tag}{rand}"
@@ -344,8 +345,7 @@ class Store:
             raw = await self._scripts["cancel"](keys=[key], args=[rand, client, now_ms])
         if not raw:
             raise NotFound("no such verification")
-        phone, fields = orjson.loads(raw)
-        return _record(verification_id, phone, fields)
+        return _public(verification_id, raw)
 
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int
@@ -385,10 +385,16 @@ class Store:
         await self.redis.aclose()
 
 
+def _public(verification_id: str, raw: str) -> Record:
+    """What the commit and cancel scripts answer: [phone, fields], as public() makes it."""
+    phone, fields = orjson.loads(raw)
+    return _record(verification_id, phone, fields)
+
+
 def _record(verification_id: str, phone: str, fields: list[Any]) -> Record:
     """A verification's fields by name; its calls as [channel, placed_at_ms, call_id, status,
     checked_at_s], the last two '' and 0 until New-Tel has been asked."""
-    rec: Record = dict(zip(_FIELDS, fields, strict=False))
+    rec: Record = dict(zip(FIELDS, fields, strict=False))
     rec["id"] = verification_id
     rec["phone"] = phone
     rec["calls"] = [[_CHANNELS[c[0]], c[1], c[2], *(c[3:] or ("", 0))] for c in rec["calls"]]
