@@ -103,6 +103,9 @@ def service_env(redis_url: str, prefix: str, secret: str, port: int) -> dict[str
         "CALLAUTH_CLIENT_LIMIT": "100000000/3600",
         "CALLAUTH_RESEND_COOLDOWN_S": "0",
         "CALLAUTH_MAX_CHECKS": "100",
+        # As many wrong codes per phone as per verification: the same mix of counted and
+        # refused checks as before the guess budget existed.
+        "CALLAUTH_PHONE_GUESS_LIMIT": "100/86400",
         "CALLAUTH_ALLOWED_COUNTRIES": "RU,KZ",
         # The longest lifetime, so nothing seeded expires while the bench runs.
         "CALLAUTH_CODE_TTL_S": "3600",

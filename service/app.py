@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from service import api, demo, logs, openapi
-from service.breaker import CircuitBreaker, GuardedProvider
+from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
 from service.errors import (
     MethodNotAllowed,
     NotFound,
@@ -80,6 +84,18 @@ def _route(request: web.Request) -> str:
 
 # Request ids: a random prefix per process and a counter, unique without a syscall each.
 _REQUEST_IDS = map(f"{secrets.token_hex(8)}{{:016x}}".format, itertools.count())
+_GIVEN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer, then close at once: aiohttp would otherwise keep reading the rest of
+    the body for up to 10 s (its lingering close), so a client that stalled its body would
+    hold the connection that much longer."""
+    response.force_close()
+    with contextlib.suppress(ConnectionError):  # the client may have gone meanwhile
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
 
 
 def served(handler: Handler) -> Handler:
@@ -89,8 +105,7 @@ def served(handler: Handler) -> Handler:
 
     async def serve(request: web.Request) -> web.StreamResponse:
         given = request.headers.get("X-Request-ID", "")
-        ok = 0 < len(given) <= 128 and given.isprintable()
-        request_id = given if ok else next(_REQUEST_IDS)
+        request_id = given if _GIVEN_REQUEST_ID.fullmatch(given) else next(_REQUEST_IDS)
         token = logs.REQUEST_ID.set(request_id)
         started = time.perf_counter()
         try:
@@ -114,11 +129,41 @@ def served(handler: Handler) -> Handler:
                     status=response.status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+            if response.status == 408:
+                await _answer_and_close(request, response)
             return response
         finally:
             logs.REQUEST_ID.reset(token)
 
     return serve
+
+
+_aiohttp_handle_error = RequestHandler.handle_error
+
+
+def _handle_error(
+    self: RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """A request aiohttp cannot parse: one structured event and a bare status phrase, where
+    aiohttp logs and answers the parser's message, which quotes the raw line (an
+    Authorization header's key included)."""
+    if not isinstance(exc, HttpProcessingError):
+        return _aiohttp_handle_error(self, request, status, exc, message)
+    # Non-HTTP traffic on the port (TLS, scanners) stays at debug, as aiohttp has it.
+    emit = log.debug if isinstance(exc, BadHttpMethod) else log.info
+    emit("bad http request", error=type(exc).__name__, status=status)
+    response = web.Response(status=status, text=HTTPStatus(status).phrase)
+    response.force_close()
+    return response
+
+
+# aiohttp makes that answer in the protocol itself, before any app, middleware or signal sees
+# the request: the protocol's method is the one place to change it.
+RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
 
 
 def _method_not_allowed(allowed: set[str]) -> Handler:
@@ -194,9 +239,14 @@ def _newtel(settings: Settings) -> NewTelClient:
 
 
 def create_app(
-    settings: Settings, *, clock: Callable[[], float] = time.time, redis: Any = None
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    redis: Any = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    """Build the application; resources open and close with it (cleanup_ctx)."""
+    """Build the application; resources open and close with it (cleanup_ctx). `clock` is the
+    wall clock of the verifications; `monotonic` times the circuits and the status budget."""
     app = web.Application(client_max_size=MAX_BODY)
     metrics = app[METRICS] = Metrics()
     app[BREAKER] = None
@@ -228,9 +278,26 @@ def create_app(
         else:
             newtel = _newtel(settings)
             breaker = app[BREAKER] = CircuitBreaker(
-                settings.breaker_failures, settings.breaker_reset_s, metrics
+                settings.breaker_failures, settings.breaker_reset_s, metrics, monotonic
             )
-            provider = GuardedProvider(newtel, breaker, metrics)
+            # Call-status polling (GET) gets a circuit and a request budget of its own, for
+            # the whole process: however clients poll, call starts stay unaffected.
+            status_breaker = CircuitBreaker(
+                settings.breaker_failures,
+                settings.breaker_reset_s,
+                metrics,
+                monotonic,
+                circuit="status",
+            )
+            rate = settings.status_budget_per_s
+            status_budget = TokenBucket(rate, max(1.0, rate), monotonic)
+            provider = GuardedProvider(
+                newtel,
+                breaker,
+                metrics,
+                status_breaker=status_breaker,
+                status_budget=status_budget,
+            )
             monitor = app[MONITOR] = BalanceMonitor(
                 newtel, metrics, settings.balance_check_s, settings.balance_min
             )

@@ -1,26 +1,33 @@
-"""A circuit breaker around the provider, with its latency and error metrics."""
+"""Circuit breakers and a request budget around the provider, with its latency and error
+metrics."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import structlog
 
-from service.errors import ProviderUnavailable, ServiceError
-from service.metrics import Metrics
+from service.errors import NumberUnreachable, ProviderUnavailable, ServiceError
+from service.metrics import NEWTEL_ERROR_REASONS, Metrics, NewTelReason
 from service.providers.base import PlacedCall, Provider
 
 log = structlog.get_logger("service.breaker")
 
 T = TypeVar("T")
 State = Literal["closed", "half_open", "open"]
+Circuit = Literal["start", "status"]
 _GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+_LOG_NAME = {"start": "newtel circuit", "status": "newtel status circuit"}
+_PAUSED = {"start": "calls are paused", "status": "call-status requests are paused"}
 
 
 class CircuitBreaker:
-    """Opens after `failures` outages in a row; after `reset_s` lets one probe through."""
+    """Opens after `failures` outages in a row; after `reset_s` lets one probe through.
+    `circuit` names what it guards: call starts (the one /readyz reports) or call-status
+    polling; each has its own metrics."""
 
     def __init__(
         self,
@@ -28,22 +35,31 @@ class CircuitBreaker:
         reset_s: float,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        circuit: Circuit = "start",
     ) -> None:
         self.failures = failures
         self.reset_s = reset_s
         self.metrics = metrics
         self.clock = clock
+        self.circuit = circuit
         self.state: State = "closed"
         self._count = 0
         self._opened_at = 0.0
         self._probing = False
-        metrics.circuit_state.set(0)
+        if circuit == "start":
+            self._gauge, self._transitions = metrics.circuit_state, metrics.circuit_transitions
+        else:
+            self._gauge = metrics.status_circuit_state
+            self._transitions = metrics.status_circuit_transitions
+        self._gauge.set(0)
 
     def _move(self, state: State) -> None:
         if state != self.state:
-            log.warning("newtel circuit " + state.replace("_", "-"), previous=self.state)
-            self.metrics.circuit_transitions.labels(state).inc()
-            self.metrics.circuit_state.set(_GAUGE[state])
+            event = f"{_LOG_NAME[self.circuit]} {state.replace('_', '-')}"
+            log.warning(event, previous=self.state)
+            self._transitions.labels(state).inc()
+            self._gauge.set(_GAUGE[state])
             self.state = state
 
     def retry_after(self) -> int:
@@ -58,9 +74,11 @@ class CircuitBreaker:
         if self.state == "half_open" and not self._probing:
             self._probing = True
             return
-        raise ProviderUnavailable(
-            "New-Tel is failing; calls are paused", retry_after=self.retry_after()
+        refused = ProviderUnavailable(
+            f"New-Tel is failing; {_PAUSED[self.circuit]}", retry_after=self.retry_after()
         )
+        refused.not_placed = True  # nothing was sent
+        raise refused
 
     def record(self, outage: bool) -> None:
         self._probing = False
@@ -78,42 +96,130 @@ class CircuitBreaker:
         self._probing = False
 
 
-class GuardedProvider:
-    """The provider behind the breaker, timed and counted per method."""
+class TokenBucket:
+    """At most `rate_per_s` takes a second on average and `burst` at once."""
 
-    def __init__(self, inner: Provider, breaker: CircuitBreaker, metrics: Metrics) -> None:
+    def __init__(
+        self, rate_per_s: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("a token bucket needs a positive rate and a burst of at least 1")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        now = self.clock()
+        # max(): a clock that steps back must not drain the bucket.
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate_per_s)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil((1 - self._tokens) / self.rate_per_s))
+
+
+def _reason(exc: ServiceError) -> NewTelReason:
+    """The failure's reason from the fixed set; never the provider's own text."""
+    reason = getattr(exc, "reason", None)
+    if reason in NEWTEL_ERROR_REASONS:
+        return cast(NewTelReason, reason)
+    return "number_unreachable" if isinstance(exc, NumberUnreachable) else "other"
+
+
+class GuardedProvider:
+    """The provider behind its circuits, timed and counted per method. Call starts and
+    call-status polling have a circuit each, and polling has a request budget as well: one
+    client's polling can neither pause everyone's calls nor flood New-Tel."""
+
+    def __init__(
+        self,
+        inner: Provider,
+        breaker: CircuitBreaker,
+        metrics: Metrics,
+        *,
+        status_breaker: CircuitBreaker,
+        status_budget: TokenBucket | None = None,
+    ) -> None:
+        if status_breaker is breaker:
+            raise ValueError("call-status polling needs a circuit of its own")
         self.inner = inner
         self.name = inner.name
         self.breaker = breaker
+        self.status_breaker = status_breaker
+        self.status_budget = status_budget
         self.metrics = metrics
 
-    async def _call(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
-        self.breaker.allow()
+    def _count(self, method: str, reason: NewTelReason) -> None:
+        self.metrics.newtel_errors.labels(method, reason).inc()
+
+    async def _call(
+        self,
+        method: str,
+        call: Callable[[], Awaitable[T]],
+        breaker: CircuitBreaker,
+        budget: TokenBucket | None = None,
+    ) -> T:
+        try:
+            breaker.allow()
+        except ProviderUnavailable:
+            self._count(method, "circuit_open")
+            raise
+        if budget is not None and not budget.take():
+            breaker.abandon()  # a half-open probe admitted above is not used
+            self._count(method, "budget")
+            refused = ProviderUnavailable(
+                "the New-Tel call-status budget is used up", retry_after=budget.retry_after()
+            )
+            refused.not_placed = True
+            raise refused
         started = time.perf_counter()
         try:
             result = await call()
         except ServiceError as exc:
-            self.breaker.record(outage=isinstance(exc, ProviderUnavailable))
-            # New-Tel's own message (digits masked, cut short) or our reason: a small set.
-            message = getattr(exc, "provider_message", None) or getattr(exc, "reason", exc.code)
-            self.metrics.newtel_errors.labels(method, str(message)[:60]).inc()
+            breaker.record(outage=isinstance(exc, ProviderUnavailable))
+            reason = _reason(exc)
+            self._count(method, reason)
+            # New-Tel's own words (digits masked) are for the log only, never for a label.
+            (log.info if isinstance(exc, NumberUnreachable) else log.warning)(
+                "newtel request failed",
+                method=method,
+                reason=reason,
+                http_status=getattr(exc, "http_status", None),
+                provider_message=getattr(exc, "provider_message", None),
+            )
             raise
         except BaseException:
-            self.breaker.abandon()
+            breaker.abandon()
             raise
         finally:
             self.metrics.newtel_latency.labels(method).observe(time.perf_counter() - started)
-        self.breaker.record(outage=False)
+        breaker.record(outage=False)
         return result
 
     async def flash_call(self, phone: str, pin: str) -> PlacedCall:
-        return await self._call("flash_call", lambda: self.inner.flash_call(phone, pin))
+        return await self._call(
+            "flash_call", lambda: self.inner.flash_call(phone, pin), self.breaker
+        )
 
     async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
-        return await self._call("voice_call", lambda: self.inner.voice_call(phone, code, text))
+        return await self._call(
+            "voice_call", lambda: self.inner.voice_call(phone, code, text), self.breaker
+        )
 
     async def call_status(self, call_id: str) -> str | None:
-        return await self._call("call_status", lambda: self.inner.call_status(call_id))
+        return await self._call(
+            "call_status",
+            lambda: self.inner.call_status(call_id),
+            self.status_breaker,
+            self.status_budget,
+        )
 
     async def close(self) -> None:
         await self.inner.close()

@@ -37,12 +37,24 @@ class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
 
 
+class RequestTimeout(ServiceError):
+    status, code, title = 408, "request_timeout", "Request timeout"
+
+
 class MethodNotAllowed(ServiceError):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
 
 class MaxChecksReached(ServiceError):
     status, code, title = 409, "max_checks_reached", "Too many wrong codes"
+
+
+class IdempotencyInProgress(ServiceError):
+    status, code, title = 409, "idempotency_in_progress", "Idempotent request in progress"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key reused"
 
 
 class PayloadTooLarge(ServiceError):
@@ -65,8 +77,17 @@ class CountryNotAllowed(ServiceError):
     status, code, title = 422, "country_not_allowed", "Country not allowed"
 
 
+class NumberNotAllowed(ServiceError):
+    status, code, title = 422, "number_not_allowed", "Number not allowed"
+
+
+class ChannelNotAllowed(ServiceError):
+    status, code, title = 422, "channel_not_allowed", "Channel not allowed"
+
+
 class NumberUnreachable(ServiceError):
     status, code, title = 422, "number_unreachable", "Number unreachable"
+    not_placed = True  # New-Tel refused the number: nothing rang
 
 
 class RateLimited(ServiceError):
@@ -78,11 +99,19 @@ class RateLimited(ServiceError):
 
 
 class ProviderError(ServiceError):
+    """New-Tel answered with an error. `not_placed` is True only when the call certainly did
+    not happen (a 4xx or a method error); an unusable 200 answer may still have rung."""
+
     status, code, title = 502, "provider_error", "Telephony provider error"
+    not_placed = False
 
 
 class ProviderUnavailable(ServiceError):
+    """New-Tel was not reached or did not answer. `not_placed` is True only when the request
+    never left (circuit open, connection refused); after a timeout or a 5xx it may have rung."""
+
     status, code, title = 503, "provider_unavailable", "Telephony provider unavailable"
+    not_placed = False
 
 
 class StoreUnavailable(ServiceError):

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "NEWTEL_ERROR_REASONS", "Metrics", "NewTelReason"]
+
+# callauth_newtel_errors_total's `reason`: a fixed set, never New-Tel's own text (that goes to
+# the log, digits masked). The help text below spells each one out.
+NewTelReason = Literal[
+    "timeout",
+    "connect_failed",
+    "connection_lost",
+    "http_429",
+    "http_4xx",
+    "http_5xx",
+    "method_error",
+    "bad_answer",
+    "number_unreachable",
+    "circuit_open",
+    "budget",
+    "other",
+]
+NEWTEL_ERROR_REASONS: tuple[NewTelReason, ...] = get_args(NewTelReason)
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -35,6 +55,13 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.numbers_refused = Counter(
+            "callauth_numbers_refused_total",
+            "Starts refused for the number itself: its type (premium_rate, toll_free, ...) or "
+            "denied_prefix",
+            ["reason"],
+            registry=r,
+        )
         self.newtel_latency = Histogram(
             "callauth_newtel_request_seconds",
             "New-Tel request latency by method",
@@ -44,8 +71,13 @@ class Metrics:
         )
         self.newtel_errors = Counter(
             "callauth_newtel_errors_total",
-            "New-Tel failures by method and New-Tel's message (or the failure's kind)",
-            ["method", "message"],
+            "New-Tel failures by method and reason: timeout (no answer in time), "
+            "connect_failed (no connection: refused, DNS, TLS; nothing sent), connection_lost "
+            "(the connection broke once the request may have been sent), http_429, http_4xx, "
+            "http_5xx, method_error (HTTP 200, result error), bad_answer (not JSON, wrong shape, "
+            "another HTTP status, no callId or pin), number_unreachable (isValidNumber false), "
+            "circuit_open and budget (refused here, nothing sent), other",
+            ["method", "reason"],
             registry=r,
         )
         self.store_latency = Histogram(
@@ -63,6 +95,19 @@ class Metrics:
         self.circuit_transitions = Counter(
             "callauth_newtel_circuit_transitions_total",
             "Circuit transitions by target state",
+            ["state"],
+            registry=r,
+        )
+        # Call-status polling has a circuit of its own: a failing status method must not pause
+        # call starts (and /readyz follows only the call-start circuit above).
+        self.status_circuit_state = Gauge(
+            "callauth_newtel_status_circuit_state",
+            "New-Tel call-status circuit (GET polling only): 0 closed, 1 half-open, 2 open",
+            registry=r,
+        )
+        self.status_circuit_transitions = Counter(
+            "callauth_newtel_status_circuit_transitions_total",
+            "Call-status circuit transitions by target state",
             ["state"],
             registry=r,
         )

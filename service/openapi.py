@@ -15,9 +15,18 @@ _ERRORS = {
     400: ["malformed_json"],
     401: ["unauthorized"],
     404: ["not_found"],
-    409: ["max_checks_reached"],
+    408: ["request_timeout"],
+    409: ["max_checks_reached", "idempotency_in_progress"],
     413: ["payload_too_large"],
-    422: ["invalid_request", "invalid_phone", "country_not_allowed", "number_unreachable"],
+    415: ["unsupported_media_type"],
+    422: [
+        "invalid_request",
+        "invalid_phone",
+        "country_not_allowed",
+        "number_not_allowed",
+        "number_unreachable",
+        "idempotency_key_reused",
+    ],
     429: ["rate_limited"],
     502: ["provider_error"],
     503: ["provider_unavailable", "store_unavailable"],
@@ -113,7 +122,7 @@ def _standard_formats(node: Any) -> Any:
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_BODY_ERRORS = [400, 413, 422, 503]
+_BODY_ERRORS = [400, 408, 413, 415, 422, 503]
 
 
 @cache
@@ -134,7 +143,7 @@ def document(sandbox: bool) -> dict[str, Any]:
                     201: _json(verification, "started", headers=location),
                     200: _json(verification, "resent: a new call for the pending verification"),
                 },
-                [*_BODY_ERRORS, 429, 502],
+                [*_BODY_ERRORS, 409, 429, 502],
                 api.StartRequest,
                 params=[
                     {

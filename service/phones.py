@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import phonenumbers
 
@@ -13,10 +14,24 @@ DEFAULT_REGION = "RU"
 _MAX_INPUT = 32
 
 
+# phonenumbers' number types by value, named as CALLAUTH_ALLOWED_NUMBER_TYPES names them.
+_TYPE_NAMES = {
+    value: name.lower()
+    for name, value in vars(phonenumbers.PhoneNumberType).items()
+    if name.isupper() and isinstance(value, int)
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Phone:
     e164_digits: str
     region: str
+    number: Any = field(default=None, compare=False, repr=False)  # phonenumbers' parse
+
+    def number_type(self) -> str:
+        """`mobile`, `fixed_line`, `premium_rate`, ... as phonenumbers classifies the number."""
+        number = self.number or phonenumbers.parse("+" + self.e164_digits)
+        return _TYPE_NAMES.get(phonenumbers.number_type(number), "unknown")
 
 
 def normalize(raw: str) -> Phone:
@@ -36,7 +51,7 @@ def normalize(raw: str) -> Phone:
         region = phonenumbers.region_code_for_number(number)
         if region and phonenumbers.is_valid_number_for_region(number, region):
             digits = f"{number.country_code}{phonenumbers.national_significant_number(number)}"
-            return Phone(e164_digits=digits, region=region)
+            return Phone(e164_digits=digits, region=region, number=number)
     raise InvalidPhone("phone is not a valid number")
 
 

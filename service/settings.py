@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
+import phonenumbers
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -34,6 +38,29 @@ def _parse_limit(value: object) -> Limit:
     if count < 1 or window < 1:
         raise ValueError("count and seconds must be positive")
     return Limit(count, window)
+
+
+def _parse_limits(value: object) -> tuple[Limit, ...]:
+    """One or more `count/seconds` windows, comma-separated: `5/3600,10/86400`."""
+    if isinstance(value, Limit):
+        return (value,)
+    if isinstance(value, tuple | list) and value and not isinstance(value[0], int | str):
+        limits = tuple(_parse_limit(item) for item in value)
+    else:
+        limits = tuple(_parse_limit(item) for item in _split(value))
+    if not limits:
+        raise ValueError("expected count/seconds windows, e.g. 5/3600,10/86400")
+    if len({limit.window_s for limit in limits}) != len(limits):
+        raise ValueError("two windows of the same length")
+    return tuple(sorted(limits, key=lambda limit: limit.window_s))
+
+
+# phonenumbers' number types by their lower-case names: mobile, fixed_line, voip, ...
+NUMBER_TYPES = {
+    name.lower(): value
+    for name, value in vars(phonenumbers.PhoneNumberType).items()
+    if name.isupper() and isinstance(value, int)
+}
 
 
 def _split(value: object) -> list[str]:
@@ -72,7 +99,20 @@ class Settings(BaseSettings):
     max_checks: int = Field(5, ge=1, le=100)
     max_sends: int = Field(3, ge=1, le=20)
     resend_cooldown_s: int = Field(60, ge=0, le=3600)
-    phone_limit: Annotated[Limit, NoDecode] = _parse_limit("5/3600")
+    phone_limit: Annotated[tuple[Limit, ...], NoDecode] = _parse_limits("5/3600,10/86400")
+    phone_guess_limit: Annotated[Limit, NoDecode] = _parse_limit("10/86400")
+    allowed_number_types: Annotated[frozenset[str], NoDecode] = frozenset(
+        {"mobile", "fixed_line_or_mobile"}
+    )
+    denied_prefixes: Annotated[tuple[str, ...], NoDecode] = ("7840", "7940")
+    ipv6_48_limit: Annotated[Limit, NoDecode] = _parse_limit("100/3600")
+    require_ip: bool = False
+    public_url: str | None = None
+    body_timeout_s: float = Field(5.0, gt=0, le=300)
+    keepalive_s: float = Field(15.0, gt=0, le=3600)
+    # New-Tel call-status requests per second, all clients together (per process): polling
+    # can never crowd out call starts.
+    status_budget_per_s: float = Field(10.0, gt=0, le=1000)
     ip_limit: Annotated[Limit, NoDecode] = _parse_limit("20/3600")
     client_limit: Annotated[Limit, NoDecode] = _parse_limit("1000/3600")
     allowed_countries: Annotated[frozenset[str], NoDecode] = frozenset({"RU", "KZ"})
@@ -89,10 +129,37 @@ class Settings(BaseSettings):
     breaker_reset_s: float = Field(30.0, gt=0, le=3600)
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
-    @field_validator("phone_limit", "ip_limit", "client_limit", mode="before")
+    @field_validator(
+        "ip_limit", "client_limit", "phone_guess_limit", "ipv6_48_limit", mode="before"
+    )
     @classmethod
     def _limit(cls, value: object) -> Limit:
         return _parse_limit(value)
+
+    @field_validator("phone_limit", mode="before")
+    @classmethod
+    def _limits(cls, value: object) -> tuple[Limit, ...]:
+        return _parse_limits(value)
+
+    @field_validator("allowed_number_types", mode="before")
+    @classmethod
+    def _number_types(cls, value: object) -> frozenset[str]:
+        types = frozenset(item.lower() for item in _split(value))
+        unknown = sorted(types - NUMBER_TYPES.keys())
+        if not types or unknown:
+            raise ValueError(
+                f"unknown number type {', '.join(unknown) or '(none)'}; "
+                f"known: {', '.join(sorted(NUMBER_TYPES))}"
+            )
+        return types
+
+    @field_validator("denied_prefixes", mode="before")
+    @classmethod
+    def _prefixes(cls, value: object) -> tuple[str, ...]:
+        prefixes = tuple(item.lstrip("+") for item in _split(value))
+        if any(not p.isascii() or not p.isdigit() for p in prefixes):
+            raise ValueError("expected E.164 digit prefixes, e.g. 7840,7940")
+        return prefixes
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -175,3 +242,123 @@ class Settings(BaseSettings):
     @property
     def cluster(self) -> bool:
         return self.redis_cluster or (self.redis_url or "").startswith("redis+cluster://")
+
+
+# Production strictness (the contract's "Running it"): checked by `python -m service` alone, not
+# by the model, so tests can still build a loose newtel configuration against a fake New-Tel.
+PLACEHOLDER = "REPLACE-ME"
+MIN_SECRET_BYTES = 32
+MIN_API_KEY_CHARS = 24
+
+
+def variable(field: str) -> str:
+    """The environment variable of a settings field: `secret` -> `CALLAUTH_SECRET`."""
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; `0.0.0.0` and `::` (every address) are not."""
+    host = host.strip().removeprefix("[").removesuffix("]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_problem(url: str) -> str | None:
+    # Only the host is ever shown: a URL may carry credentials.
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return "not a URL; expected https://host"
+    if not host:
+        return "has no host; expected https://host"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http":
+        if is_loopback(host):
+            return None
+        return f"plain http:// to {host}, which is not a loopback host; use https://"
+    return "must be an https:// URL"
+
+
+def _texts(value: object) -> Iterator[str]:
+    """Every string inside a setting's value, secrets included (keys of a mapping too)."""
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _texts(key)
+            yield from _texts(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _texts(item)
+
+
+def _given(value: SecretStr | None) -> bool:
+    return value is not None and value.get_secret_value() != ""
+
+
+def startup_problem(settings: Settings) -> tuple[str, str] | None:
+    """The first setting `python -m service` refuses to start with, as (variable, why).
+
+    The reason never holds a secret's value.
+    """
+    # A misspelt New-Tel variable must not quietly start the sandbox instead.
+    access, signature = _given(settings.newtel_access_key), _given(settings.newtel_signature_key)
+    if access != signature:
+        given, missing = ("ACCESS", "SIGNATURE") if access else ("SIGNATURE", "ACCESS")
+        return (
+            f"CALLAUTH_NEWTEL_{missing}_KEY",
+            f"unset while CALLAUTH_NEWTEL_{given}_KEY is set; "
+            "set both for New-Tel, or neither for the sandbox",
+        )
+    if not settings.api_keys and not is_loopback(settings.host):
+        return (
+            "CALLAUTH_API_KEYS",
+            f"unset (the built-in key 'dev') while CALLAUTH_HOST={settings.host} "
+            "is not a loopback address; set client_id:key pairs",
+        )
+    if settings.provider_name != "newtel":
+        return None
+    for field in type(settings).model_fields:
+        if any(PLACEHOLDER in text for text in _texts(getattr(settings, field))):
+            return variable(field), f"holds the placeholder {PLACEHOLDER}; set the real value"
+    secret = settings.secret.get_secret_value() if settings.secret is not None else ""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        size = f"shorter than {MIN_SECRET_BYTES} bytes" if secret else "unset"
+        return (
+            "CALLAUTH_SECRET",
+            f"{size}; newtel mode needs {MIN_SECRET_BYTES} bytes or more "
+            "(e.g. openssl rand -hex 32)",
+        )
+    if not settings.redis_url:
+        return (
+            "CALLAUTH_REDIS_URL",
+            "unset in newtel mode: the embedded store serves one process only",
+        )
+    for client, key in sorted(settings.api_keys.items()):
+        if len(key.get_secret_value()) < MIN_API_KEY_CHARS:
+            return (
+                "CALLAUTH_API_KEYS",
+                f"the key of client {client!r} is shorter than {MIN_API_KEY_CHARS} characters",
+            )
+    for field in ("newtel_base_url", "public_url"):
+        url = getattr(settings, field)
+        if url is not None and (why := _url_problem(url)) is not None:
+            return variable(field), why
+    return None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """CALLAUTH_* variables that are no setting (a typo?), by name only, sorted."""
+    prefix = variable("")
+    known = {variable(field) for field in Settings.model_fields}
+    return sorted(
+        name for name in environ if name.upper().startswith(prefix) and name.upper() not in known
+    )

@@ -48,7 +48,7 @@ from service.settings import Limit, Settings
 
 Record = dict[str, Any]
 
-_ID = re.compile(r"^vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})$")
+_ID = re.compile(r"vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})")
 # A verification's fields, in the order the scripts keep them (lua/_prelude.lua).
 FIELDS = ("client", "status", "code_length", "checks_left", "sends", "expires_at", "calls")
 _CHANNELS = {"f": "flash_call", "v": "voice_call"}
@@ -119,7 +119,7 @@ class Store:
 
     def _located(self, verification_id: str) -> tuple[str, str]:
         """The key of the phone that a verification id names, and the id's own part."""
-        match = _ID.match(verification_id)
+        match = _ID.fullmatch(verification_id)
         if not match:
             raise NotFound("no such verification")
         return self._phone_key(match[1]), match[2]
@@ -145,16 +145,17 @@ class Store:
         verification_id: str | None,
         now_ms: int,
         cooldown_ms: int,
-        phone_limit: Limit,
+        phone_limits: tuple[Limit, ...],
+        guess_limit: Limit,
         max_sends: int,
-        ip: str | None,
-        ip_limit: Limit,
+        ips: tuple[tuple[str, str, Limit], ...],
         client_limit: Limit | None,
     ) -> Reservation:
-        """Take a call from every limit that applies, or take nothing and raise RateLimited."""
+        """Take a call from every limit that applies, or take nothing and raise RateLimited.
+        `ips` are the end user's address buckets: (limit name, bucket, limit)."""
         windows: list[tuple[str, str, int, int]] = []  # name, key, limit, window_ms
-        if ip:
-            windows.append(("ip", self._ip_key(ip), ip_limit.count, ip_limit.window_s * 1000))
+        for name, bucket, ip_limit in ips:
+            windows.append((name, self._ip_key(bucket), ip_limit.count, ip_limit.window_s * 1000))
         if client_limit is not None:
             key = self._slots_key(f"cl:{client}")
             windows.append(("client", key, client_limit.count, client_limit.window_s * 1000))
@@ -164,7 +165,7 @@ class Store:
         folded = windows if not self.cluster else []
         # A malformed id is not found before anything is taken.
         resent = self._located(verification_id)[1] if verification_id else ""
-        phone_window_ms = phone_limit.window_s * 1000
+        phone_windows = [[limit.count, limit.window_s * 1000] for limit in phone_limits]
         phone_call = self._scripts["reserve"](
             keys=[self._phone_key(tag), *(key for _, key, _, _ in folded)],
             args=[
@@ -172,12 +173,12 @@ class Store:
                     [
                         now_ms,
                         cooldown_ms,
-                        phone_limit.count,
-                        phone_window_ms,
+                        phone_windows,
                         max_sends,
                         client,
                         resent,
                         [[name, count, window_ms] for name, _, count, window_ms in folded],
+                        guess_limit.count,
                     ]
                 )
             ],
@@ -200,7 +201,7 @@ class Store:
         reservation = Reservation(
             tag=tag,
             at_ms=now_ms,
-            keep_ms=max(phone_window_ms, cooldown_ms),
+            keep_ms=max(cooldown_ms, *(window_ms for _, window_ms in phone_windows)),
             id=self.new_id(tag) if is_new else verification_id or f"vf_{tag}{value}",
             is_new=is_new,
             folded=tuple((key, window_ms) for _, key, _, window_ms in folded),
@@ -322,13 +323,15 @@ class Store:
         return f"vf_{tag}{rand}"
 
     async def check(
-        self, verification_id: str, client: str, code_hash: str, now_ms: int
+        self, verification_id: str, client: str, code_hash: str, now_ms: int, guess_limit: Limit
     ) -> tuple[str, Record]:
-        """Atomically compare, count and approve; returns the outcome and, after it, the
-        verification's status, checks_left and channel."""
+        """Atomically compare, count (against the verification and the phone's guess budget)
+        and approve; returns the outcome and, after it, the verification's status,
+        checks_left and channel."""
         key, rand = self._located(verification_id)
+        args = [rand, client, code_hash, now_ms, guess_limit.count, guess_limit.window_s * 1000]
         with self._op("check"):
-            reply = await self._scripts["check"](keys=[key], args=[rand, client, code_hash, now_ms])
+            reply = await self._scripts["check"](keys=[key], args=args)
         if reply[0] == "not_found":
             raise NotFound("no such verification")
         outcome, status, checks_left, channel = reply
@@ -359,11 +362,12 @@ class Store:
 
     # Idempotency --------------------------------------------------------------------------
 
-    async def idempotency_claim(self, client: str, key: str, ttl_ms: int) -> str | None:
-        """Claim `key` for a first request (None), or return what is stored under it."""
+    async def idempotency_claim(self, client: str, key: str, claim: str, ttl_ms: int) -> str | None:
+        """Claim `key` for a first request, storing `claim` (None), or return what is stored
+        under it: another request's claim while it runs, then its answer."""
         with self._op("idempotency"):
             claimed = await self.redis.set(
-                self._idem_key(client, key), "", nx=True, px=ttl_ms, get=True
+                self._idem_key(client, key), claim, nx=True, px=ttl_ms, get=True
             )
         return None if claimed is None else str(claimed)
 

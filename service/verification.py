@@ -16,21 +16,28 @@ from prometheus_client import Counter
 
 from service.errors import (
     CountryNotAllowed,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidRequest,
     MaxChecksReached,
     NotFound,
+    NumberNotAllowed,
     RateLimited,
     ServiceError,
 )
 from service.metrics import Metrics
-from service.phones import mask, normalize
+from service.phones import Phone, mask, normalize
 from service.providers.base import Channel, PlacedCall, Provider, random_digits
 from service.providers.sandbox import SandboxProvider
-from service.settings import Settings
+from service.settings import Limit, Settings
 from service.store import KeyedHash, Record, Reservation, Store
 
 log = structlog.get_logger("service.verification")
 
-_IDEMPOTENCY_POLL_S = 0.05
+# A repeat of a running request waits this long in all (0.75 s), then answers 409.
+# The end user's address buckets a start counts against: (limit name, bucket, limit).
+IpBuckets = tuple[tuple[str, str, Limit], ...]
+_IDEMPOTENCY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,37 +143,70 @@ class Verifier:
         idempotency_key: str | None = None,
     ) -> tuple[Verification, bool]:
         """Place a call; returns the verification and whether it is new (201) or a resend."""
+        s = self.settings
         phone = normalize(raw_phone)
-        if phone.region not in self.settings.allowed_countries:
+        if phone.region not in s.allowed_countries:
             raise CountryNotAllowed(f"numbers of region {phone.region or '??'} are not served")
-        ip = _ip_bucket(ip) if ip else None
+        digits = phone.e164_digits
+        # A test number places no call, so it costs nothing whatever its kind.
+        if digits not in s.test_numbers:
+            self._refuse_unless_callable(phone)
+        if ip is None and s.require_ip:
+            raise InvalidRequest(
+                "the end user's ip is required",
+                extra={"errors": [{"field": "ip", "message": "required"}]},
+            )
+        ips = _ip_buckets(ip, s) if ip else ()
         if idempotency_key is None:
-            return await self._send(client, phone.e164_digits, channel, ip, None)
-        ttl_ms = self.settings.code_ttl_s * 1000
-        replay = await self._idempotent_replay(client, idempotency_key, ttl_ms)
+            return await self._send(client, digits, channel, ips, None)
+        ttl_ms = s.code_ttl_s * 1000
+        # What binds the key to its request: the same phone, channel and ip.
+        fingerprint = self._fingerprint(f"{digits}|{channel}|{ip or ''}")
+        replay = await self._idempotent_replay(client, idempotency_key, fingerprint, ttl_ms)
         if replay is not None:
             return replay
         try:
-            verification, created = await self._send(client, phone.e164_digits, channel, ip, None)
+            verification, created = await self._send(client, digits, channel, ips, None)
         except BaseException:
             await asyncio.shield(self._forget(client, idempotency_key))
             raise
-        answer = json.dumps({"id": verification.id, "created": created})
+        answer = json.dumps({"fp": fingerprint, "id": verification.id, "created": created})
         await self.store.idempotency_store(client, idempotency_key, answer, ttl_ms)
         return verification, created
 
+    def _refuse_unless_callable(self, phone: Phone) -> None:
+        """Toll fraud: premium-rate, toll-free and other costly kinds of number, and denied
+        prefixes, are never called."""
+        if phone.e164_digits.startswith(self.settings.denied_prefixes):
+            reason, detail = "denied_prefix", "numbers under this prefix are not called"
+        else:
+            reason = phone.number_type()
+            if reason in self.settings.allowed_number_types:
+                return
+            detail = f"{reason.replace('_', ' ')} numbers are not called"
+        self._count(self.metrics.numbers_refused, reason)
+        raise NumberNotAllowed(detail)
+
+    def _fingerprint(self, request: str) -> str:
+        return base64.urlsafe_b64encode(self._keyed(request.encode())[:16]).decode().rstrip("=")
+
     async def _idempotent_replay(
-        self, client: str, key: str, ttl_ms: int
+        self, client: str, key: str, fingerprint: str, ttl_ms: int
     ) -> tuple[Verification, bool] | None:
-        """The first answer for `key`, waiting while a racing first request is in flight."""
-        # Real time, not the injected clock: this bounds an actual wait.
-        deadline = time.monotonic() + self.settings.newtel_timeout_s + 1
-        while True:
-            stored = await self.store.idempotency_claim(client, key, ttl_ms)
+        """The first answer for `key`, waiting a little, backing off, while a racing first
+        request is in flight; None when this request is the first."""
+        claim = json.dumps({"fp": fingerprint})
+        for pause in (*_IDEMPOTENCY_BACKOFF_S, None):
+            stored = await self.store.idempotency_claim(client, key, claim, ttl_ms)
             if stored is None:
                 return None
-            if stored:
-                first = json.loads(stored)
+            # A claim made before keys were bound to their request has no fingerprint.
+            first = json.loads(stored) if stored else {}
+            if first.get("fp", fingerprint) != fingerprint:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used with another phone, channel or ip"
+                )
+            if "id" in first:
                 try:
                     rec = await self.store.get(first["id"], client, self._now_ms())
                 except NotFound:
@@ -174,11 +214,12 @@ class Verifier:
                     # key's TTL the store's): a new request, whose answer overwrites it.
                     return None
                 return self.view(rec), bool(first["created"])
-            if time.monotonic() > deadline:
-                raise RateLimited(
-                    "a request with this Idempotency-Key is in progress", retry_after=1
-                )
-            await asyncio.sleep(_IDEMPOTENCY_POLL_S)
+            if pause is None:
+                break
+            await asyncio.sleep(pause)
+        raise IdempotencyInProgress(
+            "the first request with this Idempotency-Key is still running", retry_after=1
+        )
 
     async def _forget(self, client: str, key: str) -> None:
         try:
@@ -195,7 +236,7 @@ class Verifier:
         chosen: Channel = channel or (
             "voice_call" if rec["channel"] == "voice_call" else "flash_call"
         )
-        verification, _ = await self._send(client, rec["phone"], chosen, None, verification_id)
+        verification, _ = await self._send(client, rec["phone"], chosen, (), verification_id)
         return verification
 
     async def _send(
@@ -203,13 +244,13 @@ class Verifier:
         client: str,
         phone: str,
         channel: Channel,
-        ip: str | None,
+        ips: IpBuckets,
         verification_id: str | None,
     ) -> tuple[Verification, bool]:
         """Place one call under the limits, and count how it went."""
         try:
             verification, created = await self._send_call(
-                client, phone, channel, ip, verification_id
+                client, phone, channel, ips, verification_id
             )
         except ServiceError as exc:
             kind = "resend" if verification_id else "start"
@@ -226,7 +267,7 @@ class Verifier:
         client: str,
         phone: str,
         channel: Channel,
-        ip: str | None,
+        ips: IpBuckets,
         verification_id: str | None,
     ) -> tuple[Verification, bool]:
         s = self.settings
@@ -238,17 +279,26 @@ class Verifier:
             verification_id=verification_id,
             now_ms=now_ms,
             cooldown_ms=s.resend_cooldown_s * 1000,
-            phone_limit=s.phone_limit,
+            phone_limits=s.phone_limit,
+            guess_limit=s.phone_guess_limit,
             max_sends=s.max_sends,
-            ip=ip,
-            ip_limit=s.ip_limit,
+            ips=ips,
             # Test numbers place no call, so they cost nothing against the client's budget.
             client_limit=None if test_code else s.client_limit,
         )
         try:
             placed = await self._place(phone, channel, test_code)
-        except BaseException:
-            await asyncio.shield(self._release(reservation))
+        except ServiceError as exc:
+            # Only a call that certainly did not ring gives its limits back: after a timeout
+            # or a 5xx it may have rung, and a slow New-Tel must not mean uncounted calls.
+            if getattr(exc, "not_placed", False):
+                await asyncio.shield(self._release(reservation))
+            else:
+                log.warning(
+                    "call may have been placed; limits kept",
+                    verification_id=reservation.id,
+                    error=exc.code,
+                )
             raise
         return await self._commit(client, phone, channel, reservation, placed)
 
@@ -304,7 +354,11 @@ class Verifier:
     async def check(self, client: str, verification_id: str, code: str) -> CheckResult:
         try:
             outcome, rec = await self.store.check(
-                verification_id, client, self._hash(verification_id, code), self._now_ms()
+                verification_id,
+                client,
+                self._hash(verification_id, code),
+                self._now_ms(),
+                self.settings.phone_guess_limit,
             )
         except NotFound:
             self._count(self.metrics.checks, client, "unknown", "not_found")
@@ -362,12 +416,22 @@ class Verifier:
             call[3:] = [word, now_ms // 1000]
 
 
-def _ip_bucket(ip: str) -> str:
-    """What the IP limit counts: an IPv4 address, or an IPv6 /64, the block one subscriber
-    usually holds (so rotating addresses inside it does not escape the limit)."""
+# NAT64 (RFC 6052): an IPv4 host seen through a carrier's translator, one subscriber each.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _ip_buckets(ip: str, s: Settings) -> IpBuckets:
+    """What the IP limits count: an IPv4 address; or an IPv6 /64, the block one subscriber
+    usually holds, and its /48, the block one site holds (so rotating addresses or /64s
+    inside them does not escape the limit)."""
     address = ipaddress.ip_address(ip)
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if isinstance(address, ipaddress.IPv4Address):
+        return (("ip", str(address), s.ip_limit),)
+    net64 = ipaddress.ip_network(f"{address}/64", strict=False)
+    net48 = ipaddress.ip_network(f"{address}/48", strict=False)
+    return (("ip", str(net64), s.ip_limit), ("ipv6_48", str(net48), s.ipv6_48_limit))

@@ -11,12 +11,16 @@ or without pytest-aiohttp: ``base_url = await fake.start()`` ... ``await fake.st
 Call starts answer according to ``fake.mode``:
   "success"        the pin sent (flash) and a fresh callId
   "own_pin"        New-Tel's own pin OWN_PIN ("4821"), not the one sent
-  "method_error"   HTTP 200, data.result "error", "Destination number is blocked"
+  "method_error"   HTTP 200, data.result "error", message ``method_error_message``
+                   ("Destination number is blocked")
   "http_500"       HTTP 500, {"status": "error", "message": "Internal error"}
+  "http_429"       HTTP 429, {"status": "error", "message": "Too many requests"}
   "slow"           waits ``delay_s`` seconds, then answers as "success"
   "invalid_number" callDetails.isValidNumber "false"
   "malformed"      HTTP 200, body ``not json``
   "wrong_envelope" HTTP 200, ``{"foo": 1}``
+  "no_ids"         HTTP 200, callDetails without callId and pin (both null)
+  "hang_up"        reads the request, then closes the connection without an answer
 The status method answers ``call_statuses.get(callId)`` (null when absent) per ``status_mode``
 ("success", "not_found", "http_500"); company/get-state answers ``state`` per ``state_mode``
 ("success", "http_500").
@@ -67,7 +71,7 @@ class RecordedRequest:
     json: Any  # None when the body is not JSON
     signature_valid: bool = False
     accepted: bool = False  # passed every check the real API makes before doing anything
-    status: int = 0  # the HTTP status answered
+    status: int = 0  # the HTTP status answered (0: none, the connection was closed)
 
 
 class _Reject(Exception):
@@ -76,12 +80,17 @@ class _Reject(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
+class _HangUp(Exception):
+    """Close the connection without an answer."""
+
+
 @dataclass
 class FakeNewTel:
     access_key: str = "fake-access-key"
     signature_key: str = "fake-signature-key"
     mode: str = "success"
     delay_s: float = 30.0
+    method_error_message: str = "Destination number is blocked"
     status_mode: str = "success"
     state_mode: str = "success"
     call_statuses: dict[str, str | None] = field(default_factory=dict)
@@ -152,6 +161,11 @@ class FakeNewTel:
         except _Reject as rej:
             body = {"status": "error", "message": rej.message}
             response = web.json_response(body, status=rej.status, headers=rej.headers)
+        except _HangUp:
+            # The request arrived whole and was accepted: New-Tel may have acted on it.
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()  # never delivered
         rec.status = response.status
         return response
 
@@ -213,13 +227,17 @@ class FakeNewTel:
         return await self._answer_start(rec)
 
     async def _answer_start(self, rec: RecordedRequest) -> web.Response:
+        if self.mode == "hang_up":
+            raise _HangUp
         if self.mode == "slow":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.delay_s)
         if self.mode == "http_500":
             raise _Reject(500, "Internal error")
+        if self.mode == "http_429":
+            raise _Reject(429, "Too many requests")
         if self.mode == "method_error":
-            return _success({"result": "error", "message": "Destination number is blocked"})
+            return _success({"result": "error", "message": self.method_error_message})
         if self.mode == "malformed":
             return web.Response(text="not json", content_type="application/json")
         if self.mode == "wrong_envelope":
@@ -230,9 +248,10 @@ class FakeNewTel:
             pin = OWN_PIN
         else:
             pin = str(rec.json.get("pin") or OWN_PIN)
+        no_ids = self.mode == "no_ids"
         details = {
-            "callId": str(next(self._call_ids)),
-            "pin": pin,
+            "callId": None if no_ids else str(next(self._call_ids)),
+            "pin": None if no_ids else pin,
             "status": None,
             "oper": "ПАО Вымпел-Коммуникации",
             "region": "Москва и Московская область",

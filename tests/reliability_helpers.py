@@ -23,6 +23,10 @@ import aiohttp
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
+# `python -m service` in newtel mode refuses short keys and secrets (settings.startup_problem).
+PRODUCTION_KEY = "k3y-0f-the-shop-0123456789abcdef"  # 32 characters
+PRODUCTION_SECRET = "0123456789abcdef0123456789abcdef"  # 32 bytes
+PRODUCTION_AUTH = {"Authorization": f"Bearer {PRODUCTION_KEY}"}
 
 
 def free_port() -> int:

@@ -186,15 +186,15 @@ async def test_a_number_new_tel_calls_invalid_is_422_and_leaves_nothing_pending(
 
 
 @pytest.mark.parametrize(
-    ("mode", "status", "code"),
+    ("mode", "status", "code", "given_back"),
     [
-        ("method_error", 502, "provider_error"),
-        ("http_500", 503, "provider_unavailable"),
-        ("slow", 503, "provider_unavailable"),
+        ("method_error", 502, "provider_error", True),
+        ("http_500", 503, "provider_unavailable", False),
+        ("slow", 503, "provider_unavailable", False),
     ],
 )
-async def test_a_failed_call_leaves_nothing_pending_and_keeps_the_cooldown_free(
-    make_app, backend, fake_newtel, mode, status, code
+async def test_a_failed_call_leaves_nothing_pending_and_gives_limits_back_only_if_it_never_rang(
+    make_app, backend, fake_newtel, mode, status, code, given_back
 ) -> None:
     client = await make_app(newtel=True, newtel_timeout_s=0.3)
     fake_newtel.mode = mode
@@ -206,10 +206,15 @@ async def test_a_failed_call_leaves_nothing_pending_and_keeps_the_cooldown_free(
     )
     await problem(by_phone, 404, "not_found")
 
+    # A refused call certainly did not ring: the cooldown is free. After a timeout or a 5xx
+    # it may have rung, so the phone's cooldown stays taken.
     fake_newtel.mode = "success"
     retry = await start(client)
-    assert retry.status == 201
-    assert (await retry.json())["sends_left"] == 2
+    if given_back:
+        assert retry.status == 201
+        assert (await retry.json())["sends_left"] == 2
+    else:
+        await problem(retry, 429, "rate_limited")
 
 
 async def test_a_rate_limited_start_is_429_with_retry_after(make_app) -> None:

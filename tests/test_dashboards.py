@@ -340,6 +340,20 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
             "0+15x90",
         ),
         (f'callauth_rate_limited_total{{{a}, limit="client"}}', "0x5 1+3x30"),
+        # The call-status circuit opens at 2m: an alert of its own, not CircuitOpen's.
+        (f"callauth_newtel_status_circuit_state{{{a}}}", "0 0 2x10"),
+        # One flash call and one status request a second; half the calls fail, and ten
+        # status polls a second are refused by the budget (nothing sent: not an error rate).
+        (f'callauth_newtel_request_seconds_count{{{a}, method="flash_call"}}', "0+60x30"),
+        (
+            f'callauth_newtel_errors_total{{{a}, method="flash_call", reason="http_5xx"}}',
+            "0+30x30",
+        ),
+        (f'callauth_newtel_request_seconds_count{{{a}, method="call_status"}}', "0+60x30"),
+        (
+            f'callauth_newtel_errors_total{{{a}, method="call_status", reason="budget"}}',
+            "0+600x30",
+        ),
     ]
     operations_cases = [
         _case("CallauthNewTelCircuitOpen", "1m"),
@@ -352,6 +366,10 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
         _case("CallauthClientBudgetRefusals", "15m", {}),
         _case("CallauthClientBudgetNearLimit", "30m"),
         _case("CallauthClientBudgetNearLimit", "80m", {"client": "shop"}, "900"),
+        _case("CallauthNewTelStatusCircuitOpen", "4m"),
+        _case("CallauthNewTelStatusCircuitOpen", "8m", {"instance": "a:8080"}),
+        _case("CallauthNewTelErrorRate", "4m"),
+        _case("CallauthNewTelErrorRate", "15m", {"method": "flash_call"}, "50%"),
     ]
     # Conversion: 10 starts a minute throughout; 8 approvals a minute for a day, then 2.
     conversion = [

@@ -90,6 +90,7 @@ def service_url() -> Iterator[str]:
             make_settings(
                 "callauth-fuzz:",
                 phone_limit="100000/3600",
+                phone_guess_limit="100000/86400",
                 ip_limit="100000/3600",
                 client_limit="1000000/3600",
                 resend_cooldown_s=0,

@@ -9,6 +9,8 @@ import pytest
 from conftest import AUTH, OTHER, PHONE, Clock
 from fake_newtel import FakeNewTel
 
+from service.store import Store
+
 OTHER_PHONE = "79161234567"
 
 
@@ -96,7 +98,7 @@ async def test_the_same_key_from_another_client_is_independent(
     assert [r.json["dstNumber"] for r in fake_newtel.calls_placed()] == [PHONE, OTHER_PHONE]
 
     # Each client's repeat still gets its own first answer.
-    again = await start(client, "shared-key", PHONE, OTHER)
+    again = await start(client, "shared-key", OTHER_PHONE, OTHER)
     assert (await again.json())["id"] == (await theirs.json())["id"]
     assert len(fake_newtel.calls_placed()) == 2
 
@@ -144,12 +146,15 @@ async def test_a_failed_first_request_does_not_poison_the_key(
 
 
 async def test_an_unavailable_provider_does_not_poison_the_key(
-    make_app, fake_newtel: FakeNewTel
+    make_app, fake_newtel: FakeNewTel, clock: Clock
 ) -> None:
     client = await make_app(newtel=True)
     fake_newtel.mode = "http_500"
     assert (await start(client, "order-8")).status == 503
+    # The call may have rung, so the phone's cooldown holds; the key itself is free.
     fake_newtel.mode = "success"
+    assert (await start(client, "order-8")).status == 429
+    clock.advance(60)
     assert (await start(client, "order-8")).status == 201
 
 
@@ -217,3 +222,83 @@ async def test_a_repeat_after_the_code_lifetime_is_a_new_request(
     again = await start(client, "late")
     assert (await again.json())["id"] == body["id"]
     assert len(fake_newtel.calls_placed()) == 2
+
+
+# v2: a key is bound to its request ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"phone": OTHER_PHONE}, {"channel": "voice_call"}, {"ip": "203.0.113.9"}],
+    ids=["phone", "channel", "ip"],
+)
+async def test_a_key_reused_with_another_request_is_refused_and_shows_nothing(
+    make_app, fake_newtel: FakeNewTel, change: dict[str, str]
+) -> None:
+    client = await make_app(newtel=True)
+    first = await start(client, "order-9", ip="203.0.113.7")
+    assert first.status == 201
+    body = {"phone": PHONE, "ip": "203.0.113.7", **change}
+    reused = await start(client, "order-9", **body)
+    assert reused.status == 422
+    problem = await reused.json()
+    assert problem["code"] == "idempotency_key_reused"
+    # The first verification (its id, its phone) is not handed to the second caller.
+    text = await reused.text()
+    assert (await first.json())["id"] not in text
+    assert PHONE not in text
+    assert len(fake_newtel.calls_placed()) == 1
+
+
+async def test_the_same_request_in_another_spelling_is_a_repeat(
+    make_app, fake_newtel: FakeNewTel
+) -> None:
+    client = await make_app(newtel=True)
+    first = await start(client, "order-10", "+7 (903) 567-51-24", ip="2001:db8::1")
+    repeat = await start(client, "order-10", PHONE, ip="2001:0db8:0:0::1")
+    assert repeat.status == 201
+    assert (await repeat.json())["id"] == (await first.json())["id"]
+    assert len(fake_newtel.calls_placed()) == 1
+
+
+async def test_a_key_reused_while_the_first_runs_is_refused_at_once(
+    make_app, fake_newtel: FakeNewTel
+) -> None:
+    client = await make_app(newtel=True)
+    fake_newtel.mode, fake_newtel.delay_s = "slow", 1.0
+    first = asyncio.ensure_future(start(client, "order-11"))
+    await asyncio.sleep(0.2)
+    reused = await start(client, "order-11", OTHER_PHONE)
+    assert reused.status == 422
+    assert (await reused.json())["code"] == "idempotency_key_reused"
+    assert not first.done()
+    fake_newtel.mode = "success"
+    await first
+
+
+async def test_a_repeat_while_the_first_still_runs_is_409_after_a_few_backed_off_reads(
+    make_app, fake_newtel: FakeNewTel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_app(newtel=True)
+    fake_newtel.mode, fake_newtel.delay_s = "slow", 1.5
+    first = asyncio.ensure_future(start(client, "order-12"))
+    await asyncio.sleep(0.2)
+    reads = 0
+    claim = Store.idempotency_claim
+
+    async def counted(self: Store, *args: Any) -> str | None:
+        nonlocal reads
+        reads += 1
+        return await claim(self, *args)
+
+    monkeypatch.setattr(Store, "idempotency_claim", counted)
+    repeat = await start(client, "order-12")
+    assert repeat.status == 409
+    assert repeat.headers["Retry-After"] == "1"
+    assert (await repeat.json())["code"] == "idempotency_in_progress"
+    # Backing off (50, 100, 200, 400 ms), not polling Redis 20 times a second.
+    assert reads == 5
+    assert not first.done()
+    fake_newtel.mode = "success"
+    assert (await first).status == 201
+    assert len(fake_newtel.calls_placed()) == 1

@@ -270,10 +270,7 @@ async def test_the_cooldown_also_holds_a_new_verification_after_a_cancel(
 # A failed call gives back what it took -----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("mode", "status", "code"),
-    [("method_error", 502, "provider_error"), ("http_500", 503, "provider_unavailable")],
-)
+@pytest.mark.parametrize(("mode", "status", "code"), [("method_error", 502, "provider_error")])
 async def test_a_start_that_new_tel_refuses_takes_nothing_from_any_limit(
     make_app, fake_newtel: FakeNewTel, mode: str, status: int, code: str
 ) -> None:
@@ -301,6 +298,38 @@ async def test_a_start_that_new_tel_refuses_takes_nothing_from_any_limit(
     assert len(fake_newtel.calls_placed()) == 2
     # And now every limit is spent by the one call that was placed.
     await assert_rate_limited(await start(client, PHONES[0], ip="203.0.113.8"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "code"), [("http_500", "provider_unavailable"), ("slow", "provider_unavailable")]
+)
+async def test_a_start_whose_call_may_have_rung_keeps_every_limit_taken(
+    make_app, fake_newtel: FakeNewTel, mode: str, code: str
+) -> None:
+    client = await make_app(
+        newtel=True,
+        newtel_timeout_s=0.3,
+        phone_limit="1/3600",
+        ip_limit="1/3600",
+        client_limit="1/3600",
+        resend_cooldown_s=60,
+    )
+    fake_newtel.mode = mode
+    fake_newtel.delay_s = 5
+    failed = await start(client, ip="203.0.113.7")
+    assert failed.status == 503
+    assert (await failed.json())["code"] == code
+
+    # Nothing is pending, but New-Tel may have rung the phone: the call counts.
+    checked = await client.post(
+        "/v1/verifications/check", json={"phone": PHONE, "code": "12345"}, headers=AUTH
+    )
+    assert checked.status == 404
+    fake_newtel.mode = "success"
+    await assert_rate_limited(await start(client, ip="203.0.113.8"))
+    await assert_rate_limited(await start(client, PHONES[0], ip="203.0.113.7"))
+    await assert_rate_limited(await start(client, PHONES[1], ip="203.0.113.9"))
+    assert len(fake_newtel.calls_placed()) == 1
 
 
 async def test_a_resend_that_new_tel_refuses_gives_its_send_and_cooldown_back(

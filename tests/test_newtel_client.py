@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import aiohttp.abc
 import pytest
 from fake_newtel import OWN_PIN, VOICE_ECHO_PIN, FakeNewTel
 
+from service.breaker import CircuitBreaker, GuardedProvider
 from service.errors import NumberUnreachable, ProviderError, ProviderUnavailable, ServiceError
+from service.metrics import NEWTEL_ERROR_REASONS, Metrics
 from service.providers.newtel import CompanyState, NewTelClient
 
 PHONE = "79035675124"
@@ -274,6 +277,108 @@ async def test_a_refused_connection_is_unavailable() -> None:
             await client.flash_call(PHONE, PIN)
     finally:
         await client.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed on return: nothing listens there
+
+
+class NoSuchHost(aiohttp.abc.AbstractResolver):
+    """Knows no name: a DNS failure without any DNS traffic."""
+
+    async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> Any:
+        raise OSError(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+# How a start fails -> (the error's status, the call certainly did not ring, the metric reason).
+# Certain: nothing was sent, or New-Tel refused the request (4xx, 429 included, a method
+# error, an invalid number). Not certain: a timeout, a connection lost once the request was
+# sent, a 5xx, an answer we cannot use: the call may have rung.
+START_FAILURES = {
+    "refused": (503, True, "connect_failed"),
+    "dns_failure": (503, True, "connect_failed"),
+    "http_4xx": (502, True, "http_4xx"),
+    "http_429": (503, True, "http_429"),
+    "method_error": (502, True, "method_error"),
+    "invalid_number": (422, True, "number_unreachable"),
+    "slow": (503, False, "timeout"),
+    "hang_up": (503, False, "connection_lost"),
+    "http_500": (503, False, "http_5xx"),
+    "malformed": (502, False, "bad_answer"),
+    "wrong_envelope": (502, False, "bad_answer"),
+    "no_ids": (502, False, "bad_answer"),
+}
+
+
+@pytest.mark.parametrize("channel", ["flash_call", "voice_call"])
+@pytest.mark.parametrize("failure", list(START_FAILURES))
+async def test_a_failed_start_says_whether_the_call_certainly_did_not_ring(
+    make_client: MakeClient, fake: FakeNewTel, failure: str, channel: str
+) -> None:
+    status, not_placed, reason = START_FAILURES[failure]
+    session = None
+    if failure == "refused":
+        client = make_client(base_url=f"http://127.0.0.1:{closed_port()}")
+    elif failure == "dns_failure":
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=NoSuchHost()))
+        client = make_client(base_url="http://newtel.invalid", session=session)
+    elif failure == "http_4xx":
+        client = make_client(signature_key="not-the-signature-key")  # New-Tel answers 400
+    else:
+        fake.mode, fake.delay_s = failure, 5.0
+        client = make_client(timeout_s=0.2)
+
+    if channel == "flash_call":
+        start = client.flash_call(PHONE, PIN)
+    else:
+        start = client.voice_call(PHONE, "12345", "Ваш код 12345")
+    try:
+        with pytest.raises(ServiceError) as info:
+            await start
+    finally:
+        if session is not None:
+            await session.close()
+
+    err = info.value
+    assert (err.status, getattr(err, "not_placed", None), getattr(err, "reason", None)) == (
+        status,
+        not_placed,
+        reason,
+    )
+    assert reason in NEWTEL_ERROR_REASONS
+    if failure in ("refused", "dns_failure"):
+        assert fake.requests == []
+    if failure == "hang_up":
+        assert len(fake.calls_placed()) == 1  # it arrived: New-Tel may be ringing
+        assert fake.requests[0].status == 0
+
+
+async def test_a_start_refused_by_the_open_circuit_certainly_did_not_ring(
+    client: NewTelClient, fake: FakeNewTel
+) -> None:
+    metrics = Metrics()
+    guarded = GuardedProvider(
+        client,
+        CircuitBreaker(1, 30, metrics),
+        metrics,
+        status_breaker=CircuitBreaker(1, 30, metrics, circuit="status"),
+    )
+    fake.mode = "http_500"
+    with pytest.raises(ProviderUnavailable) as failed:
+        await guarded.flash_call(PHONE, PIN)
+    assert failed.value.not_placed is False  # the one that reached New-Tel may have rung
+
+    with pytest.raises(ProviderUnavailable) as refused:
+        await guarded.voice_call(PHONE, "12345", "Ваш код 12345")
+
+    assert refused.value.not_placed is True
+    assert guarded.breaker.state == "open"
+    assert len(fake.requests) == 1
 
 
 @pytest.mark.parametrize("mode", ["malformed", "wrong_envelope"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -16,11 +17,14 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from conftest import AUTH, PHONE, make_settings
+from fake_newtel import STATUS_METHOD
+from reliability_helpers import PRODUCTION_AUTH, PRODUCTION_KEY, PRODUCTION_SECRET, OwnRedis
 
 from service.app import ACCESS_LOG, create_app, served
-from service.breaker import CircuitBreaker
+from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
 from service.errors import NotFound, ProviderUnavailable
-from service.metrics import Metrics
+from service.metrics import NEWTEL_ERROR_REASONS, Metrics
+from service.providers.newtel import NewTelClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +109,9 @@ async def test_open_circuit_fails_fast_and_flips_readiness(make_app, fake_newtel
     assert any(line["event"] == "newtel circuit open" for line in service_logs.lines())
     text = await (await client.get("/metrics")).text()
     assert metric(text, "callauth_newtel_circuit_state") == 2
+    errors = "callauth_newtel_errors_total"
+    assert metric(text, errors, method="flash_call", reason="http_5xx") == 2
+    assert metric(text, errors, method="flash_call", reason="circuit_open") == 1
 
 
 async def test_readiness_fails_and_api_answers_503_when_redis_is_down(aiohttp_client) -> None:
@@ -205,10 +212,202 @@ async def test_metrics_count_starts_checks_refusals_and_newtel_latency(make_app,
     assert "AK-test" not in text
 
 
+def newtel_error_reasons(text: str) -> set[str]:
+    """Every `reason` label value of callauth_newtel_errors_total in Prometheus text."""
+    return {
+        found.group(1)
+        for line in text.splitlines()
+        if line.startswith("callauth_newtel_errors_total{")
+        for found in [re.search(r'reason="([^"]*)"', line)]
+        if found is not None
+    }
+
+
+async def test_new_tel_errors_are_counted_by_a_fixed_reason_never_by_new_tel_text(
+    make_app, fake_newtel, service_logs
+):
+    words = ["Quokka", "tariff-zone", "Zebrafish", "desk"]
+    fake_newtel.mode = "method_error"
+    fake_newtel.method_error_message = " ".join(words) + " refused"
+    client = await make_app(newtel=True)
+    resp = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert resp.status == 502
+
+    text = await (await client.get("/metrics")).text()
+    errors = "callauth_newtel_errors_total"
+    assert metric(text, errors, method="flash_call", reason="method_error") == 1
+    assert newtel_error_reasons(text) == {"method_error"}
+    for word in words:  # not the text, not a piece of it
+        assert word.lower() not in text.lower()
+    [help_line] = [line for line in text.splitlines() if line.startswith(f"# HELP {errors} ")]
+    for reason in NEWTEL_ERROR_REASONS:  # the fixed set is documented where it is exported
+        assert reason in help_line
+    # New-Tel's words go to the log instead, for whoever has to call New-Tel about them.
+    [failed] = [line for line in service_logs.lines() if line["event"] == "newtel request failed"]
+    assert failed["reason"] == "method_error"
+    assert failed["provider_message"] == fake_newtel.method_error_message
+
+
+async def start_verifications(client, count: int, first: int = 0) -> list[str]:
+    """Start `count` verifications, each for a phone of its own."""
+    ids = []
+    for n in range(first, first + count):
+        resp = await client.post(
+            "/v1/verifications", json={"phone": f"7903567{5124 + n:04d}"}, headers=AUTH
+        )
+        assert resp.status == 201, await resp.text()
+        ids.append((await resp.json())["id"])
+    return ids
+
+
+def status_requests(fake) -> int:
+    return sum(r.method == STATUS_METHOD for r in fake.requests)
+
+
+async def test_failing_call_status_opens_its_own_circuit_and_starts_go_on(
+    make_app, fake_newtel, service_logs
+):
+    client = await make_app(newtel=True, breaker_failures=2, status_refresh_s=0)
+    [vid] = await start_verifications(client, 1)
+    fake_newtel.status_mode = "http_500"
+
+    for _ in range(4):  # two failures open the status circuit; the next two are refused
+        resp = await client.get(f"/v1/verifications/{vid}", headers=AUTH)
+        assert resp.status == 200
+        assert [c["status"] for c in (await resp.json())["calls"]] == ["unknown"]
+
+    assert status_requests(fake_newtel) == 2, "an open status circuit asks New-Tel nothing"
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"]["newtel_circuit"] == "closed"
+    await start_verifications(client, 2, first=1)  # calls are still placed
+    assert len(fake_newtel.calls_placed()) == 3
+
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "callauth_newtel_status_circuit_state") == 2
+    assert metric(text, "callauth_newtel_status_circuit_transitions_total", state="open") == 1
+    assert metric(text, "callauth_newtel_circuit_state") == 0
+    assert metric(text, "callauth_newtel_circuit_transitions_total", state="open") == 0
+    errors = "callauth_newtel_errors_total"
+    assert metric(text, errors, method="call_status", reason="http_5xx") == 2
+    assert metric(text, errors, method="call_status", reason="circuit_open") == 2
+    events = {line["event"] for line in service_logs.lines()}
+    assert "newtel status circuit open" in events
+    assert "newtel circuit open" not in events
+
+
+async def test_the_status_budget_caps_new_tel_status_requests_however_many_polls(
+    aiohttp_client, backend, clock, fake_newtel
+):
+    ticker = Ticker()  # the monotonic clock: it moves only when told
+    settings = make_settings(
+        backend.prefix,
+        provider="newtel",
+        newtel_base_url=fake_newtel.base_url,
+        newtel_access_key=fake_newtel.access_key,
+        newtel_signature_key=fake_newtel.signature_key,
+        api_keys="dev:dev",
+        status_budget_per_s=2,
+        status_refresh_s=0,
+    )
+    app = create_app(settings, clock=clock, redis=backend.redis, monotonic=ticker)
+    client = await aiohttp_client(app)
+    ids = await start_verifications(client, 5)
+
+    async def poll_each_three_times() -> None:
+        polls = [client.get(f"/v1/verifications/{vid}", headers=AUTH) for vid in ids * 3]
+        assert [r.status for r in await asyncio.gather(*polls)] == [200] * 15
+
+    await poll_each_three_times()
+    assert status_requests(fake_newtel) == 2  # the burst: one second's worth
+    ticker.now += 1.5
+    await poll_each_three_times()
+    assert status_requests(fake_newtel) == 4  # refilled at 2 a second, capped at the burst
+
+    text = await (await client.get("/metrics")).text()
+    errors = "callauth_newtel_errors_total"
+    assert metric(text, errors, method="call_status", reason="budget") == 26
+    assert metric(text, "callauth_newtel_request_seconds_count", method="call_status") == 4
+    assert metric(text, "callauth_newtel_status_circuit_state") == 0
+    assert (await (await client.get("/readyz")).json())["checks"]["newtel_circuit"] == "closed"
+
+
+def test_the_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    ticker = Ticker()
+    bucket = TokenBucket(2, 2, ticker)
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    assert bucket.retry_after() == 1
+    ticker.now += 0.5  # one token
+    assert [bucket.take(), bucket.take()] == [True, False]
+    ticker.now += 3600  # never more than the burst
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    ticker.now -= 10  # a clock stepping back takes nothing away and adds nothing
+    assert bucket.take() is False
+
+
+def newtel_client(base_url: str, access_key: str = "AK", signature_key: str = "SK") -> NewTelClient:
+    return NewTelClient(
+        base_url=base_url,
+        access_key=access_key,
+        signature_key=signature_key,
+        flash_method="call/start-password-call",
+        voice_method="call/start-voice-password-call",
+        timeout_s=5.0,
+        call_timeout_s=20,
+    )
+
+
+async def test_a_status_budget_refusal_sends_nothing_and_frees_the_half_open_probe(fake_newtel):
+    ticker, metrics = Ticker(), Metrics()
+    newtel = newtel_client(fake_newtel.base_url, fake_newtel.access_key, fake_newtel.signature_key)
+    start_breaker = CircuitBreaker(1, 30, metrics, ticker)
+    status_breaker = CircuitBreaker(1, 30, metrics, ticker, circuit="status")
+    guarded = GuardedProvider(
+        newtel,
+        start_breaker,
+        metrics,
+        status_breaker=status_breaker,
+        status_budget=TokenBucket(0.01, 1, ticker),
+    )
+    try:
+        fake_newtel.status_mode = "http_500"
+        with pytest.raises(ProviderUnavailable):
+            await guarded.call_status("1")
+        assert status_breaker.state == "open"
+        ticker.now += 30  # a probe is due, but the budget holds only 0.3 of a token
+        with pytest.raises(ProviderUnavailable) as refused:
+            await guarded.call_status("1")
+        assert refused.value.not_placed is True
+        assert status_requests(fake_newtel) == 1
+        ticker.now += 100  # a token again: the probe goes through and closes the circuit
+        fake_newtel.status_mode = "success"
+        assert await guarded.call_status("1") is None
+        assert status_breaker.state == "closed"
+        assert start_breaker.state == "closed"
+        text = metrics.render().decode()
+        errors = "callauth_newtel_errors_total"
+        assert metric(text, errors, method="call_status", reason="http_5xx") == 1
+        assert metric(text, errors, method="call_status", reason="budget") == 1
+        assert metric(text, "callauth_newtel_circuit_transitions_total", state="open") == 0
+    finally:
+        await newtel.close()
+
+
+def test_call_status_needs_a_circuit_of_its_own() -> None:
+    metrics = Metrics()
+    breaker = CircuitBreaker(1, 30, metrics)
+    with pytest.raises(ValueError, match="circuit of its own"):
+        GuardedProvider(
+            newtel_client("http://127.0.0.1:1"), breaker, metrics, status_breaker=breaker
+        )
+
+
 async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newtel, aiohttp_server):
     fake_newtel.mode = "slow"
     fake_newtel.delay_s = 1.0
     port = free_port()
+    redis_server = OwnRedis()  # newtel mode needs a Redis: the embedded store is refused
+    await redis_server.start()
     env = {
         **os.environ,
         "CALLAUTH_PORT": str(port),
@@ -216,10 +415,11 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
         "CALLAUTH_NEWTEL_BASE_URL": fake_newtel.base_url,
         "CALLAUTH_NEWTEL_ACCESS_KEY": fake_newtel.access_key,
         "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake_newtel.signature_key,
-        "CALLAUTH_API_KEYS": "dev:dev",
+        "CALLAUTH_API_KEYS": f"dev:{PRODUCTION_KEY}",
+        "CALLAUTH_SECRET": PRODUCTION_SECRET,
+        "CALLAUTH_REDIS_URL": redis_server.url,
         "CALLAUTH_LOG_LEVEL": "warning",
     }
-    env.pop("CALLAUTH_REDIS_URL", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL
     )
@@ -236,7 +436,9 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
                 raise AssertionError("the service did not start")
             request = asyncio.ensure_future(
                 http.post(
-                    f"http://127.0.0.1:{port}/v1/verifications", json={"phone": PHONE}, headers=AUTH
+                    f"http://127.0.0.1:{port}/v1/verifications",
+                    json={"phone": PHONE},
+                    headers=PRODUCTION_AUTH,
                 )
             )
             for _ in range(250):
@@ -253,6 +455,7 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await redis_server.stop()
 
 
 # Request ids -------------------------------------------------------------------------------

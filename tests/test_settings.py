@@ -21,7 +21,13 @@ def test_defaults_are_the_contracts() -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (s.host, s.port, s.key_prefix) == ("127.0.0.1", 8080, "callauth:")
     assert s.provider_name == "sandbox"
-    assert s.phone_limit == Limit(5, 3600)
+    assert s.phone_limit == (Limit(5, 3600), Limit(10, 86400))
+    assert s.phone_guess_limit == Limit(10, 86400)
+    assert s.allowed_number_types == {"mobile", "fixed_line_or_mobile"}
+    assert s.denied_prefixes == ("7840", "7940")
+    assert s.ipv6_48_limit == Limit(100, 3600)
+    assert s.require_ip is False
+    assert s.body_timeout_s == 5
     assert s.ip_limit == Limit(20, 3600)
     assert s.client_limit == Limit(1000, 3600)
     assert s.allowed_countries == {"RU", "KZ"}
@@ -36,11 +42,40 @@ def test_lists_and_pairs_are_parsed_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("CALLAUTH_TEST_NUMBERS", "+7 903 567-51-24:11111")
     monkeypatch.setenv("CALLAUTH_ALLOWED_COUNTRIES", "ru, by")
     monkeypatch.setenv("CALLAUTH_PHONE_LIMIT", "3/60")
+    monkeypatch.setenv("CALLAUTH_ALLOWED_NUMBER_TYPES", "Mobile, VOIP")
+    monkeypatch.setenv("CALLAUTH_DENIED_PREFIXES", "+7840, 7940,881")
     s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.allowed_number_types == {"mobile", "voip"}
+    assert s.denied_prefixes == ("7840", "7940", "881")
     assert {c: k.get_secret_value() for c, k in s.api_keys.items()} == {"shop": "k1", "bank": "k2"}
     assert s.test_numbers == {"79035675124": "11111"}
     assert s.allowed_countries == {"RU", "BY"}
-    assert s.phone_limit == Limit(3, 60)
+    assert s.phone_limit == (Limit(3, 60),)
+
+
+def test_the_phone_limit_takes_several_windows_shortest_first() -> None:
+    s = make_settings(phone_limit="10/86400, 5/3600,2/60")
+    assert s.phone_limit == (Limit(2, 60), Limit(5, 3600), Limit(10, 86400))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("phone_limit", "5/3600,6/3600", "same length"),
+        ("phone_limit", "5/3600,", None),
+        ("allowed_number_types", "mobile,premium", "premium"),
+        ("allowed_number_types", "", "none"),
+        ("denied_prefixes", "78o9", "digit prefixes"),
+        ("phone_guess_limit", "0/86400", "positive"),
+        ("ipv6_48_limit", "100", "count/seconds"),
+    ],
+)
+def test_v2_limits_and_number_rules_are_validated(name: str, value: str, says: str | None) -> None:
+    if says is None:  # a trailing comma is harmless
+        make_settings(**{name: value})
+        return
+    with pytest.raises(ValidationError, match=says):
+        make_settings(**{name: value})
 
 
 def test_newtel_keys_select_newtel_and_then_require_api_keys() -> None:

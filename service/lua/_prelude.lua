@@ -3,21 +3,38 @@
 -- A phone's state is one string key holding a JSON array, indexed by the names below:
 --   [phone, [times of its calls, ms], {client: its pending verification},
 --    {verification: [client, status, code_length, checks_left, sends, expires_at ms,
---                    [calls, oldest first], code hash]}]
+--                    [calls, oldest first], code hash]},
+--    [when each wrong code of the phone's guess budget is given back, ms]]
 -- A call is [channel's initial, placed_at ms, New-Tel's call id] and, once New-Tel has been
 -- asked, its word for the call ('' while unknown) and when it was asked (s). The channel and
 -- the resend cooldown's end follow from the last call. Positions, not names, and one key for
 -- everything of a phone: a pending verification costs Redis under 300 bytes.
-local PHONE, CALL_TIMES, PENDING, VERIFICATIONS = 1, 2, 3, 4
+local PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES = 1, 2, 3, 4, 5
 local CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE =
   1, 2, 3, 4, 5, 6, 7, 8
 
 local function load_state(key)
   local raw = redis.call('GET', key)
   if not raw then
-    return {'', {}, {}, {}}
+    return {'', {}, {}, {}, {}}
   end
-  return cjson.decode(raw)
+  local state = cjson.decode(raw)
+  -- A state written before the guess budget existed has no fifth element.
+  state[GUESSES] = state[GUESSES] or {}
+  return state
+end
+
+-- The wrong codes that still count against the phone's guess budget at `now`, soonest
+-- given back first.
+local function live_guesses(state, now)
+  local live = {}
+  for _, back in ipairs(state[GUESSES]) do
+    if back > now then
+      live[#live + 1] = back
+    end
+  end
+  table.sort(live)
+  return live
 end
 
 -- A change that leaves every expiry as it was.
@@ -38,6 +55,11 @@ local function save_state(key, state, now, keep)
     end
   end
   state[CALL_TIMES] = times
+  local guesses = live_guesses(state, now)
+  if #guesses > 0 then
+    last = math.max(last, guesses[#guesses])
+  end
+  state[GUESSES] = guesses
   local verifications = state[VERIFICATIONS]
   for id, v in pairs(verifications) do
     if v[EXPIRES] <= now then

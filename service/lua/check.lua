@@ -1,11 +1,13 @@
--- Check a code: compare keyed hashes in constant time, count a wrong try, approve once.
--- KEYS[1] the phone's state. ARGV: id, client, code_hmac, now_ms
+-- Check a code: compare keyed hashes in constant time, count a wrong try against the
+-- verification and the phone's guess budget, approve once.
+-- KEYS[1] the phone's state. ARGV: id, client, code_hmac, now_ms, guess_limit, guess_window_ms
 -- Returns {outcome, status, checks_left, channel's initial}: outcome is 'approved', 'wrong', 'spent'
 -- (a check of a verification that is no longer pending), 'max_checks', or 'not_found'.
 local state = load_state(KEYS[1])
 local v = state[VERIFICATIONS][ARGV[1]]
+local now = tonumber(ARGV[4])
 -- Expiry follows the caller's clock; the key's TTL (no earlier) collects it.
-if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= tonumber(ARGV[4]) then
+if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= now then
   return {'not_found'}
 end
 local function answer(outcome)
@@ -16,6 +18,23 @@ if v[STATUS] == 'max_checks_reached' then
 end
 if v[STATUS] ~= 'pending' then
   return answer('spent')
+end
+
+-- The phone's guess budget spans its verifications and clients. Once it is used up, every
+-- pending verification of the phone ends: no code of theirs may be guessed any more.
+local guess_limit = tonumber(ARGV[5])
+local guesses = live_guesses(state, now)
+local function end_pending()
+  for _, other in pairs(state[VERIFICATIONS]) do
+    if other[STATUS] == 'pending' then
+      other[STATUS], other[CHECKS_LEFT], other[CODE] = 'max_checks_reached', 0, ''
+    end
+  end
+end
+if #guesses >= guess_limit then
+  end_pending()
+  write_state(KEYS[1], state)
+  return answer('max_checks')
 end
 
 -- Both are keyed hashes of the same length; touch every byte whatever the first difference.
@@ -31,10 +50,23 @@ end
 if diff == 0 then
   -- Single use: the hash goes with the approval.
   v[STATUS], v[CODE] = 'approved', ''
-elseif v[CHECKS_LEFT] <= 1 then
+  write_state(KEYS[1], state)
+  return answer('approved')
+end
+if v[CHECKS_LEFT] <= 1 then
   v[STATUS], v[CHECKS_LEFT], v[CODE] = 'max_checks_reached', 0, ''
 else
   v[CHECKS_LEFT] = v[CHECKS_LEFT] - 1
 end
+local back = now + tonumber(ARGV[6])
+guesses[#guesses + 1] = back
+state[GUESSES] = guesses
+if #guesses >= guess_limit then
+  end_pending()
+end
 write_state(KEYS[1], state)
-return answer(diff == 0 and 'approved' or 'wrong')
+-- The key lives at least as long as the guess counts (TTLs relative to the caller's clock).
+if redis.call('PTTL', KEYS[1]) < back - now then
+  redis.call('PEXPIRE', KEYS[1], back - now)
+end
+return answer('wrong')

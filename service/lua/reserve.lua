@@ -1,15 +1,17 @@
--- Reserve one call to a phone: the resend cooldown and the phone's sliding window (its
--- calls, newest last), and for a resend one of the verification's sends.
+-- Reserve one call to a phone: the resend cooldown, the phone's sliding windows (its calls,
+-- newest last) and its guess budget, and for a resend one of the verification's sends.
 -- KEYS[1] the phone's state
 -- KEYS[2..] the end-user IP's and the client's windows, where they may share a script (one
 -- Redis or Sentinel; a Cluster keeps them in other slots and takes them with window.lua)
--- ARGV[1]: JSON [now_ms, cooldown_ms, limit, window_ms, max_sends, client, id of the
---       verification to resend ('': the client's pending one, if any), [[name, limit,
---       window_ms] for each of KEYS[2..]]] (one argument: redis-py packs each one in Python)
+-- ARGV[1]: JSON [now_ms, cooldown_ms, [[limit, window_ms] of each phone window], max_sends,
+--       client, id of the verification to resend ('': the client's pending one, if any),
+--       [[name, limit, window_ms] for each of KEYS[2..]], guess_limit] (one argument:
+--       redis-py packs each one in Python)
 -- Returns {'ok', id of the verification resent or ''}
--- | {'rate_limited', retry_ms, 'cooldown', 'phone' or the name of a KEYS[2..] window}
+-- | {'rate_limited', retry_ms, 'cooldown', 'phone', 'phone_guesses' or the name of a
+--    KEYS[2..] window}
 -- | {'max_sends', retry_ms} | {'not_found', 0}
-local now, cooldown, limit, window, max_sends, client, resent, windows =
+local now, cooldown, phone_windows, max_sends, client, resent, windows, guess_limit =
   unpack(cjson.decode(ARGV[1]))
 local state = load_state(KEYS[1])
 
@@ -29,20 +31,35 @@ end
 
 -- When several limits refuse, the one that reopens last is the Retry-After.
 local wait, reason = 0, 'cooldown'
-local inside = {}
+local keep = cooldown
 for _, t in ipairs(state[CALL_TIMES]) do
-  if t > now - window then
-    inside[#inside + 1] = t
-  end
   if cooldown > 0 and t + cooldown - now > wait then
     wait = t + cooldown - now
   end
 end
-if #inside >= limit then
-  table.sort(inside)
-  local reopens = math.max(1, inside[#inside - limit + 1] + window - now)
+for _, phone_window in ipairs(phone_windows) do
+  local limit, window = phone_window[1], phone_window[2]
+  keep = math.max(keep, window)
+  local inside = {}
+  for _, t in ipairs(state[CALL_TIMES]) do
+    if t > now - window then
+      inside[#inside + 1] = t
+    end
+  end
+  if #inside >= limit then
+    table.sort(inside)
+    local reopens = math.max(1, inside[#inside - limit + 1] + window - now)
+    if reopens > wait then
+      wait, reason = reopens, 'phone'
+    end
+  end
+end
+-- A phone whose guess budget is used up gets no new code until the window frees a guess.
+local guesses = live_guesses(state, now)
+if #guesses >= guess_limit then
+  local reopens = math.max(1, guesses[#guesses - guess_limit + 1] - now)
   if reopens > wait then
-    wait, reason = reopens, 'phone'
+    wait, reason = reopens, 'phone_guesses'
   end
 end
 for i = 2, #KEYS do
@@ -64,5 +81,5 @@ end
 if v then
   v[SENDS] = v[SENDS] + 1
 end
-save_state(KEYS[1], state, now, math.max(window, cooldown))
+save_state(KEYS[1], state, now, keep)
 return {'ok', v and id or ''}

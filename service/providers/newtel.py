@@ -13,18 +13,26 @@ from typing import Any
 import aiohttp
 
 from service.errors import NumberUnreachable, ProviderError, ProviderUnavailable
+from service.metrics import NewTelReason
 from service.providers.base import PlacedCall
 
 _PIN = re.compile(r"\d{4,8}")
 # New-Tel's messages are shown in error details; a long digit run could be a phone or a code.
 _DIGIT_RUN = re.compile(r"\d{4,}")
 _MESSAGE_MAX = 200
+# Failures after which the call certainly did not ring: no connection was made, or New-Tel
+# refused the request (4xx, 429 included) or answered a method error. After a timeout, a lost
+# connection, a 5xx or an answer we cannot use, it may have rung.
+_NOT_PLACED: frozenset[NewTelReason] = frozenset(
+    {"connect_failed", "http_429", "http_4xx", "method_error"}
+)
 
 
 class NewTelFailure:
-    """What New-Tel said, kept for metrics and logs (never put into `ServiceError.extra`)."""
+    """What New-Tel said, kept for metrics and logs (never put into `ServiceError.extra`).
+    `reason` is one of a fixed set (a metric label); New-Tel's own text is `provider_message`."""
 
-    reason: str = "unknown"
+    reason: NewTelReason = "other"
     http_status: int | None = None
     provider_message: str | None = None
 
@@ -35,6 +43,12 @@ class NewTelError(NewTelFailure, ProviderError):
 
 class NewTelUnavailable(NewTelFailure, ProviderUnavailable):
     """New-Tel did not answer in time, could not be reached, or is overloaded (503)."""
+
+
+class NewTelNumberUnreachable(NewTelFailure, NumberUnreachable):
+    """New-Tel says `isValidNumber: false` (422): nothing rang."""
+
+    reason = "number_unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +70,33 @@ def bearer_token(method: str, body: bytes, *, access_key: str, signature_key: st
 def _failure(
     cls: type[NewTelError] | type[NewTelUnavailable],
     method: str,
-    reason: str,
+    reason: NewTelReason,
+    what: str,
     *,
     http_status: int | None = None,
     message: str | None = None,
 ) -> NewTelError | NewTelUnavailable:
     if message is not None:
         message = _DIGIT_RUN.sub("***", message)[:_MESSAGE_MAX]
-    detail = f"New-Tel {method}: {reason}"
+    detail = f"New-Tel {method}: {what}"
     if http_status is not None:
         detail += f" (HTTP {http_status})"
     if message:
         detail += f": {message}"
     err = cls(detail)
     err.reason, err.http_status, err.provider_message = reason, http_status, message
+    err.not_placed = reason in _NOT_PLACED
     return err
+
+
+def _http_reason(http_status: int) -> NewTelReason:
+    if http_status == 429:
+        return "http_429"
+    if 400 <= http_status < 500:
+        return "http_4xx"
+    if http_status >= 500:
+        return "http_5xx"
+    return "bad_answer"  # 1xx, 3xx or a 2xx other than 200: not an answer we know
 
 
 def _number(value: Any) -> float | None:
@@ -118,7 +144,9 @@ class NewTelClient:
         # New-Tel may ring from a number ending in a pin of its own choosing: that one counts.
         answered_pin = details.get("pin")
         if not isinstance(answered_pin, str) or not _PIN.fullmatch(answered_pin):
-            raise _failure(NewTelError, self._flash_method, "answer has no usable pin")
+            raise _failure(
+                NewTelError, self._flash_method, "bad_answer", "answer has no usable pin"
+            )
         return PlacedCall(call_id=self._call_id(self._flash_method, details), code=answered_pin)
 
     async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
@@ -132,7 +160,7 @@ class NewTelClient:
             data = await self._post(self._status_method, {"callId": call_id})
         except NewTelError as err:
             # New-Tel forgets calls after a while; that is "unknown", not a failure.
-            if err.reason == "method error" and "not found" in (err.provider_message or "").lower():
+            if err.reason == "method_error" and "not found" in (err.provider_message or "").lower():
                 return None
             raise
         details = data.get("callDetails")
@@ -148,7 +176,7 @@ class NewTelClient:
         method = "company/get-state"
         state = (await self._post(method, {})).get("state")
         if not isinstance(state, dict) or not isinstance(state.get("status"), str):
-            raise _failure(NewTelError, method, "unexpected answer shape")
+            raise _failure(NewTelError, method, "bad_answer", "unexpected answer shape")
         currency = state.get("currency")
         return CompanyState(
             balance=_number(state.get("balance")),
@@ -165,15 +193,15 @@ class NewTelClient:
     async def _start(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         details = (await self._post(method, payload)).get("callDetails")
         if not isinstance(details, dict):
-            raise _failure(NewTelError, method, "answer has no callDetails")
+            raise _failure(NewTelError, method, "bad_answer", "answer has no callDetails")
         if details.get("isValidNumber") in (False, "false"):
-            raise NumberUnreachable("New-Tel says the number is not a valid destination")
+            raise NewTelNumberUnreachable("New-Tel says the number is not a valid destination")
         return details
 
     def _call_id(self, method: str, details: dict[str, Any]) -> str:
         call_id = details.get("callId")
         if isinstance(call_id, bool) or not isinstance(call_id, str | int) or call_id == "":
-            raise _failure(NewTelError, method, "answer has no callId")
+            raise _failure(NewTelError, method, "bad_answer", "answer has no callId")
         return str(call_id)
 
     async def _post(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +227,15 @@ class NewTelClient:
             ) as resp:
                 http_status, raw = resp.status, await resp.read()
         except TimeoutError as err:
-            raise _failure(NewTelUnavailable, method, "timed out") from err
+            raise _failure(NewTelUnavailable, method, "timeout", "timed out") from err
+        except aiohttp.ClientConnectorError as err:
+            # No connection was made (refused, DNS, TLS handshake): the request never left.
+            what = f"unreachable ({type(err).__name__})"
+            raise _failure(NewTelUnavailable, method, "connect_failed", what) from err
         except (aiohttp.ClientError, OSError) as err:
-            reason = f"unreachable ({type(err).__name__})"
-            raise _failure(NewTelUnavailable, method, reason) from err
+            # e.g. ServerDisconnectedError: the request may have been sent and acted on.
+            what = f"unreachable ({type(err).__name__})"
+            raise _failure(NewTelUnavailable, method, "connection_lost", what) from err
 
         try:
             answer = json.loads(raw)
@@ -214,14 +247,27 @@ class NewTelClient:
         if http_status != 200:
             overloaded = http_status >= 500 or http_status == 429
             cls = NewTelUnavailable if overloaded else NewTelError
-            raise _failure(cls, method, "request error", http_status=http_status, message=message)
+            raise _failure(
+                cls,
+                method,
+                _http_reason(http_status),
+                "request error",
+                http_status=http_status,
+                message=message,
+            )
         if not isinstance(answer, dict):
-            raise _failure(NewTelError, method, "answer is not JSON", http_status=http_status)
+            raise _failure(
+                NewTelError, method, "bad_answer", "answer is not JSON", http_status=http_status
+            )
         data = answer.get("data")
         if answer.get("status") != "success" or not isinstance(data, dict):
-            raise _failure(NewTelError, method, "unexpected answer shape", message=message)
+            raise _failure(
+                NewTelError, method, "bad_answer", "unexpected answer shape", message=message
+            )
         if data.get("result") != "success":
             data_message = data.get("message")
             data_message = data_message if isinstance(data_message, str) else None
-            raise _failure(NewTelError, method, "method error", message=data_message)
+            raise _failure(
+                NewTelError, method, "method_error", "method error", message=data_message
+            )
         return data
