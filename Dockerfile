@@ -1,7 +1,10 @@
 # callauth container image.
 #
 #   docker build -t callauth .
-#   docker run --rm -p 8080:8080 callauth
+#   docker run --rm -p 127.0.0.1:8080:8080 -e CALLAUTH_API_KEYS="app:$(openssl rand -hex 16)" callauth
+#
+# The image listens on 0.0.0.0, so it refuses to start with the built-in `dev`
+# key: CALLAUTH_API_KEYS is required.
 #
 # Every runtime dependency ships manylinux wheels for CPython 3.11 (amd64 and
 # arm64), so the builder needs no compiler: it only creates a venv and

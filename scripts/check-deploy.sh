@@ -289,6 +289,14 @@ for key in secrets:
     if val not in (None, "") and not str(val).startswith("${"):
         fail(f"{key} has a literal value in the compose file; use ${{{key}}} or pass-through")
 
+# The image listens on 0.0.0.0, where the service refuses the built-in dev key:
+# the keys are required, and the port is published on the host's loopback only.
+if not str(env.get("CALLAUTH_API_KEYS") or "").startswith("${CALLAUTH_API_KEYS:?"):
+    fail("CALLAUTH_API_KEYS must be required: ${CALLAUTH_API_KEYS:?...}")
+published = [str(p) for p in app.get("ports") or []]
+if not published or any(not p.startswith("127.0.0.1:") for p in published):
+    fail(f"callauth must publish on 127.0.0.1 only, got {published}")
+
 dep = app.get("depends_on") or fail("callauth has no depends_on")
 if not isinstance(dep, dict) or dep.get("redis", {}).get("condition") != "service_healthy":
     fail("callauth must depend on redis with condition: service_healthy")
@@ -301,7 +309,7 @@ if not any(str(t).split(":")[0] == "/tmp" for t in tmpfs):
 print("ok")
 PY
 }
-check "compose: callauth build+redis, healthchecks, depends_on service_healthy, read_only+tmpfs, secrets from env" compose_structure
+check "compose: callauth build+redis, healthchecks, depends_on service_healthy, read_only+tmpfs, secrets from env, API keys required, published on 127.0.0.1 only" compose_structure
 
 # ---------------------------------------------------------------- build without Docker
 # Replays the Dockerfile's builder stage: copy exactly what it COPYs (less
