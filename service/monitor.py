@@ -15,7 +15,9 @@ from service.providers.newtel import CompanyState, NewTelClient
 
 log = structlog.get_logger("service.monitor")
 
-ACCOUNT_STATUSES = ("active", "blocked", "testing", "suspended")
+# The statuses New-Tel documents; anything else is labelled "other" (labels come from fixed
+# sets, never from New-Tel's text).
+ACCOUNT_STATUSES = ("active", "blocked", "testing", "suspended", "other")
 
 
 @dataclass
@@ -37,8 +39,9 @@ class BalanceMonitor:
         self.state, self.error = state, None
         if state.balance is not None:
             self.metrics.balance.labels(state.currency or "RUB").set(state.balance)
-        for status in {*ACCOUNT_STATUSES, state.status}:
-            self.metrics.account_status.labels(status).set(1 if status == state.status else 0)
+        current = state.status if state.status in ACCOUNT_STATUSES else "other"
+        for status in ACCOUNT_STATUSES:
+            self.metrics.account_status.labels(status).set(1 if status == current else 0)
         self.metrics.balance_checked.set(time.time())
         if self.degraded():
             log.warning("newtel account degraded", **self.degraded())

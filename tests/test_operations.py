@@ -20,7 +20,7 @@ from conftest import AUTH, PHONE, make_settings
 from fake_newtel import STATUS_METHOD
 from reliability_helpers import PRODUCTION_AUTH, PRODUCTION_KEY, PRODUCTION_SECRET, OwnRedis
 
-from service.app import ACCESS_LOG, create_app, served
+from service.app import ACCESS_LOG, MONITOR, create_app, served
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
 from service.errors import NotFound, ProviderUnavailable
 from service.metrics import NEWTEL_ERROR_REASONS, Metrics
@@ -504,3 +504,16 @@ async def test_the_request_id_is_unbound_when_its_request_ends(service_logs) -> 
     log.info("after")
     ids = {line["event"]: line.get("request_id") for line in service_logs.lines()}
     assert ids == {"inside": "rid-1", "request": "rid-1", "after": None}
+
+
+async def test_an_account_status_new_tel_does_not_document_is_labelled_other(
+    make_app, fake_newtel
+):
+    fake_newtel.state.update(status="frozen-until-2027-01-01")
+    client = await make_app(newtel=True)
+    monitor = client.app[MONITOR]
+    await monitor.poll_once()
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "callauth_newtel_account_status", status="other") == 1
+    assert metric(text, "callauth_newtel_account_status", status="active") == 0
+    assert "frozen" not in text
