@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import time
@@ -11,9 +10,7 @@ from typing import Any
 
 import redis
 
-from service.store import FIELDS, VERIFICATIONS
-
-_CHECKS_LEFT = FIELDS.index("checks_left")
+from service.state import PhoneState, phone_key, read_verification, split_id, tag_of
 
 # Key shapes from service/store.py (P = prefix, T = the phone's 16-hex tag).
 _KINDS = (
@@ -85,9 +82,9 @@ def pending_ids(r: redis.Redis, prefix: str) -> list[str]:
     for i in range(0, len(keys), 1000):
         batch = keys[i : i + 1000]
         for key, raw in zip(batch, r.mget(batch), strict=True):
-            if raw:
-                tag = key[len(prefix) + 1 : len(prefix) + 17]
-                ids += [f"vf_{tag}{rand}" for rand in json.loads(raw)[VERIFICATIONS] or {}]
+            tag = tag_of(prefix, key)
+            if raw and tag:
+                ids += [v.id for v in PhoneState.decode(tag, raw).all_verifications()]
     return ids
 
 
@@ -96,14 +93,14 @@ def checks_left(r: redis.Redis, prefix: str, ids: list[str]) -> list[int]:
     raws = r.mget([verification_keys(prefix, i)[0] for i in ids])
     out = []
     for vid, raw in zip(ids, raws, strict=True):
-        fields = (json.loads(raw)[VERIFICATIONS] or {}).get(vid[19:]) if raw else None
-        out.append(int(fields[_CHECKS_LEFT]) if fields else 0)
+        v = read_verification(raw, vid)
+        out.append(v.checks_left if v else 0)
     return out
 
 
 def verification_keys(prefix: str, verification_id: str) -> list[str]:
     """The keys of one verification: its phone's, which holds everything of it."""
-    return [f"{prefix}{{{verification_id[3:19]}}}"]
+    return [phone_key(prefix, split_id(verification_id)[0])]
 
 
 def delete(r: redis.Redis, keys: list[str], batch: int = 1000) -> int:

@@ -29,8 +29,9 @@ def free_port() -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a running process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    # /proc/<pid>/stat after the command's name: utime and stime are the 12th and 13th.
+    utime, stime = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]
+    return (int(utime) + int(stime)) / _TICK
 
 
 def machine_busy() -> tuple[int, int]:

@@ -81,7 +81,8 @@ async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 2
     logs.configure(settings.log_level, settings.log_format)
     secret = settings.secret.get_secret_value().encode() if settings.secret else b""
     store = Store(connect(settings), prefix=settings.key_prefix, secret=secret)
-    verifier = Verifier(settings, store, SandboxProvider(settings.code_length), secret=secret)
+    sandbox = SandboxProvider(settings.code_length)
+    verifier = Verifier(settings, store, sandbox, secret=secret, sandbox=sandbox)
     ids: list[str] = []
     failures = 0
     gate = asyncio.Semaphore(concurrency)

@@ -29,6 +29,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.phones import normalize
+from service.providers.sandbox import SandboxProvider
 from service.settings import Settings
 from service.verification import CheckResult, Verification, Verifier
 
@@ -112,6 +113,7 @@ class SandboxCallsOut(BaseModel):
 
 
 VERIFIER = web.AppKey("verifier", Verifier)
+SANDBOX: web.AppKey[SandboxProvider | None] = web.AppKey("sandbox")
 API_KEYS = web.AppKey("api_keys", dict)
 
 
@@ -292,7 +294,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def sandbox_calls(request: web.Request) -> web.Response:
     client = _client(request)
-    sandbox = request.app[VERIFIER].sandbox
+    sandbox = request.app[SANDBOX]
     if sandbox is None:
         raise NotFound("no such route")
     raw = request.query.get("phone")

@@ -157,7 +157,7 @@ class GuardedProvider:
         self.metrics = metrics
 
     def _count(self, method: str, reason: NewTelReason) -> None:
-        self.metrics.newtel_errors.labels(method, reason).inc()
+        self.metrics.child(self.metrics.newtel_errors, method, reason).inc()
 
     async def _call(
         self,
@@ -199,7 +199,8 @@ class GuardedProvider:
             breaker.abandon()
             raise
         finally:
-            self.metrics.newtel_latency.labels(method).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.child(self.metrics.newtel_latency, method).observe(elapsed)
         breaker.record(outage=False)
         return result
 

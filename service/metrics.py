@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -36,6 +36,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.verifications = Counter(
             "callauth_verifications_total",
             "Verification starts and resends, by channel and result",
@@ -125,6 +126,15 @@ class Metrics:
             "When the balance was last read",
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """A labelled child of `metric`, kept: `labels()` is not free, and the hot paths ask
+        for the same few children on every request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
-import re
 import secrets
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,19 +39,24 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from service.errors import NotFound, RateLimited, StoreUnavailable
+from service.errors import NotFound, RateLimited, ServiceError, StoreUnavailable
+from service.keyed import KeyedHash
 from service.metrics import Metrics
 from service.settings import Limit, Settings
-
-Record = dict[str, Any]
-
-_ID = re.compile(r"vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})")
-# A verification's fields, in the order the scripts keep them (lua/_prelude.lua).
-FIELDS = ("client", "status", "code_length", "checks_left", "sends", "expires_at", "calls")
-_CHANNELS = {"f": "flash_call", "v": "voice_call"}
-PHONE, PENDING, VERIFICATIONS = 0, 2, 3  # a phone's state, as lua/_prelude.lua keeps it
-_CLIENT, _EXPIRES = FIELDS.index("client"), FIELDS.index("expires_at")
-
+from service.state import (
+    CHANNELS,
+    PENDING,
+    CallLimits,
+    Checked,
+    Commit,
+    Reservation,
+    StoredVerification,
+    Window,
+    make_id,
+    phone_key,
+    read_verification,
+    split_id,
+)
 
 _LUA = Path(__file__).with_name("lua")
 
@@ -62,19 +64,6 @@ _LUA = Path(__file__).with_name("lua")
 def _script(name: str) -> str:
     prelude = (_LUA / "_prelude.lua").read_text("utf-8")
     return prelude + (_LUA / f"{name}.lua").read_text("utf-8")
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What a start took from the limits, to give back if the call is not placed."""
-
-    tag: str
-    at_ms: int
-    keep_ms: int  # how long the phone's state keeps a call (window or cooldown)
-    id: str
-    is_new: bool
-    folded: tuple[tuple[str, int], ...]  # (key, window_ms) taken by the reserve script itself
-    apart: tuple[tuple[str, int], ...]  # taken by scripts of their own (a Cluster)
 
 
 class Store:
@@ -90,8 +79,7 @@ class Store:
     ) -> None:
         self.redis = redis
         self.cluster = isinstance(redis, RedisCluster)
-        self._latency = (metrics or Metrics()).store_latency
-        self._timers: dict[str, Any] = {}
+        self._metrics = metrics or Metrics()
         self.prefix = prefix
         self._keyed = KeyedHash(secret)
         self._scripts = {
@@ -101,28 +89,20 @@ class Store:
 
     def _op(self, name: str) -> _Op:
         """Time one store operation; any failure to reach Redis is a 503, never a 500."""
-        timer = self._timers.get(name)
-        if timer is None:
-            timer = self._timers[name] = self._latency.labels(name)
-        return _Op(timer)
+        return _Op(self._metrics.child(self._metrics.store_latency, name))
 
     # Keys -------------------------------------------------------------------------------
 
     def phone_tag(self, phone: str) -> str:
         return self._keyed(b"phone:" + phone.encode()).hex()[:16]
 
-    def new_id(self, tag: str) -> str:
-        return f"vf_{tag}{secrets.token_urlsafe(12)}"
-
-    def _phone_key(self, tag: str) -> str:
-        return f"{self.prefix}{{{tag}}}"
+    def phone_key(self, tag: str) -> str:
+        return phone_key(self.prefix, tag)
 
     def _located(self, verification_id: str) -> tuple[str, str]:
         """The key of the phone that a verification id names, and the id's own part."""
-        match = _ID.fullmatch(verification_id)
-        if not match:
-            raise NotFound("no such verification")
-        return self._phone_key(match[1]), match[2]
+        tag, part = split_id(verification_id)
+        return self.phone_key(tag), part
 
     def _slots_key(self, owner: str) -> str:
         """The slot counters of the IP's or the client's window (lua/_prelude.lua)."""
@@ -137,215 +117,187 @@ class Store:
 
     # Calls ------------------------------------------------------------------------------
 
+    def _windows(self, client: str, limits: CallLimits) -> list[Window]:
+        """The end user's IP windows and the client's budget that a call counts against."""
+        windows = [
+            Window(name, self._ip_key(bucket), limit.count, limit.window_s * 1000)
+            for name, bucket, limit in limits.ips
+        ]
+        if limits.client is not None:
+            windows.append(
+                Window(
+                    "client",
+                    self._slots_key(f"cl:{client}"),
+                    limits.client.count,
+                    limits.client.window_s * 1000,
+                )
+            )
+        return windows
+
     async def reserve(
-        self,
-        *,
-        tag: str,
-        client: str,
-        verification_id: str | None,
-        now_ms: int,
-        cooldown_ms: int,
-        phone_limits: tuple[Limit, ...],
-        guess_limit: Limit,
-        max_sends: int,
-        ips: tuple[tuple[str, str, Limit], ...],
-        client_limit: Limit | None,
+        self, tag: str, client: str, verification_id: str | None, now_ms: int, limits: CallLimits
     ) -> Reservation:
-        """Take a call from every limit that applies, or take nothing and raise RateLimited.
-        `ips` are the end user's address buckets: (limit name, bucket, limit)."""
-        windows: list[tuple[str, str, int, int]] = []  # name, key, limit, window_ms
-        for name, bucket, ip_limit in ips:
-            windows.append((name, self._ip_key(bucket), ip_limit.count, ip_limit.window_s * 1000))
-        if client_limit is not None:
-            key = self._slots_key(f"cl:{client}")
-            windows.append(("client", key, client_limit.count, client_limit.window_s * 1000))
-        # On one Redis every limit is taken in the same script, all or nothing. A Cluster keeps
-        # the IP's and the client's windows in other slots: one script each, in the same round
-        # trip, and what a refused start took is given back.
-        folded = windows if not self.cluster else []
+        """Take a call from every limit that applies, or take nothing and raise RateLimited."""
         # A malformed id is not found before anything is taken.
         resent = self._located(verification_id)[1] if verification_id else ""
-        phone_windows = [[limit.count, limit.window_s * 1000] for limit in phone_limits]
-        phone_call = self._scripts["reserve"](
-            keys=[self._phone_key(tag), *(key for _, key, _, _ in folded)],
-            args=[
-                orjson.dumps(
-                    [
-                        now_ms,
-                        cooldown_ms,
-                        phone_windows,
-                        max_sends,
-                        client,
-                        resent,
-                        [[name, count, window_ms] for name, _, count, window_ms in folded],
-                        guess_limit.count,
-                    ]
-                )
-            ],
-        )
-        apart = [] if folded else windows
+        windows = self._windows(client, limits)
+        # On one Redis the phone's script takes every window too, all or nothing. A Cluster
+        # keeps the IP's and the client's windows in other slots: a script each, in the same
+        # round trip, and what a refused start took alone is given back.
+        with_phone, alone = ([], windows) if self.cluster else (windows, [])
         with self._op("reserve"):
-            if apart:
-                phone, *waits = await asyncio.gather(
-                    phone_call,
-                    *(
-                        self._scripts["window"](keys=[key], args=[now_ms, window_ms, count, "take"])
-                        for _, key, count, window_ms in apart
-                    ),
-                )
-            else:
-                phone, waits = await phone_call, []
-        outcome, value = phone[0], phone[1]
+            reply, *waits = await asyncio.gather(
+                self._reserve_phone(tag, client, resent, now_ms, limits, with_phone),
+                *(self._take(window, now_ms) for window in alone),
+            )
+        # reserve.lua's answer: an outcome, then the id's part or a wait, then which limit.
+        outcome, value, refusing = (*reply, "")[:3]
         # An explicit resend knows its id; otherwise the script names the pending one, if any.
         is_new = outcome == "ok" and not value and not verification_id
         reservation = Reservation(
             tag=tag,
             at_ms=now_ms,
-            keep_ms=max(cooldown_ms, *(window_ms for _, window_ms in phone_windows)),
-            id=self.new_id(tag) if is_new else verification_id or f"vf_{tag}{value}",
+            keep_ms=limits.keep_ms,
+            id=self.new_id(tag) if is_new else verification_id or make_id(tag, value),
             is_new=is_new,
-            folded=tuple((key, window_ms) for _, key, _, window_ms in folded),
-            apart=tuple((key, window_ms) for _, key, _, window_ms in apart),
+            with_phone=tuple(with_phone),
+            alone=tuple(alone),
         )
-        if outcome == "ok" and not any(int(w) > 0 for w in waits):
+        waits = [int(w) for w in waits]
+        if outcome == "ok" and not any(waits):
             return reservation
-        if apart:
-            await self._give_back(reservation, took_phone=outcome == "ok", took_apart=waits)
-        if outcome == "not_found":
-            raise NotFound("no such verification")
-        if outcome == "max_sends":
-            raise RateLimited(
-                "this verification has used all its calls",
-                retry_after=_seconds(int(value)),
-                limit="max_sends",
-            )
-        # Retry-After is when every refusing limit has reopened: the longest wait wins.
-        wait_ms, limit = 0, ""
-        if outcome == "rate_limited":
-            wait_ms, limit = int(value), str(phone[2])
-        for (name, *_), w in zip(apart, (int(w) for w in waits), strict=True):
-            if w > wait_ms:
-                wait_ms, limit = w, name
-        raise RateLimited(
-            "too many calls; try again later", retry_after=_seconds(wait_ms), limit=limit
+        if alone:
+            await self._give_back(reservation, took_phone=outcome == "ok", alone_waits=waits)
+        raise _refusal(outcome, value, refusing, alone, waits)
+
+    def new_id(self, tag: str) -> str:
+        return make_id(tag, secrets.token_urlsafe(12))
+
+    def _reserve_phone(
+        self,
+        tag: str,
+        client: str,
+        resent: str,
+        now_ms: int,
+        limits: CallLimits,
+        windows: list[Window],
+    ) -> Awaitable[Any]:
+        # One argument: redis-py packs each argument in Python.
+        args = {
+            "now": now_ms,
+            "cooldown": limits.cooldown_ms,
+            "phone_windows": [[limit.count, limit.window_s * 1000] for limit in limits.phone],
+            "guess_limit": limits.guesses.count,
+            "max_sends": limits.max_sends,
+            "client": client,
+            "resent": resent,
+            "windows": [[w.name, w.count, w.window_ms] for w in windows],
+        }
+        return self._scripts["reserve"](  # type: ignore[no-any-return]
+            keys=[self.phone_key(tag), *(w.key for w in windows)], args=[orjson.dumps(args)]
+        )
+
+    def _take(self, window: Window, now_ms: int) -> Awaitable[Any]:
+        return self._scripts["window"](  # type: ignore[no-any-return]
+            keys=[window.key], args=[now_ms, window.window_ms, window.count, "take"]
         )
 
     async def release(self, reservation: Reservation) -> None:
-        """Give back what a start took when its call was not placed."""
-        await self._give_back(reservation, took_phone=True, took_apart=None)
+        """Give back what a start took when its call was certainly not placed."""
+        await self._give_back(reservation, took_phone=True, alone_waits=None)
 
     async def _give_back(
-        self, r: Reservation, *, took_phone: bool, took_apart: list[Any] | None
+        self, r: Reservation, *, took_phone: bool, alone_waits: list[int] | None
     ) -> None:
+        """Give back the phone's part (and the windows taken with it) if `took_phone`, and each
+        window taken alone whose wait was 0 (None: all of them)."""
         calls: list[Awaitable[Any]] = [
-            self._scripts["window"](keys=[key], args=[r.at_ms, window_ms, 0, "give"])
-            for i, (key, window_ms) in enumerate(r.apart)
-            if took_apart is None or int(took_apart[i]) == 0
+            self._scripts["window"](keys=[w.key], args=[r.at_ms, w.window_ms, 0, "give"])
+            for i, w in enumerate(r.alone)
+            if alone_waits is None or alone_waits[i] == 0
         ]
         if took_phone:
             calls.append(
                 self._scripts["release"](
-                    keys=[self._phone_key(r.tag), *(key for key, _ in r.folded)],
+                    keys=[self.phone_key(r.tag), *(w.key for w in r.with_phone)],
                     args=[
                         r.at_ms,
                         r.keep_ms,
                         "" if r.is_new else self._located(r.id)[1],
-                        *(window_ms for _, window_ms in r.folded),
+                        *(w.window_ms for w in r.with_phone),
                     ],
                 )
             )
         with self._op("release"):
             await asyncio.gather(*calls)
 
-    async def commit(
-        self,
-        reservation: Reservation,
-        *,
-        client: str,
-        phone: str,
-        channel: str,
-        code_hash: str,
-        code_length: int,
-        call_id: str,
-        ttl_ms: int,
-        max_checks: int,
-    ) -> Record:
+    async def commit(self, reservation: Reservation, call: Commit) -> StoredVerification:
         """Record a placed call; raises NotFound if the verification ended meanwhile."""
         r = reservation
+        args = {
+            "id": self._located(r.id)[1],
+            "is_new": r.is_new,
+            "now": r.at_ms,
+            "keep": r.keep_ms,
+            "client": call.client,
+            "phone": call.phone,
+            "channel": call.channel,
+            "code_hash": call.code_hash,
+            "code_length": call.code_length,
+            "call_id": call.call_id,
+            "ttl": call.ttl_ms,
+            "max_checks": call.max_checks,
+        }
         with self._op("commit"):
             raw = await self._scripts["commit"](
-                keys=[self._phone_key(r.tag)],
-                args=[
-                    orjson.dumps(
-                        [
-                            self._located(r.id)[1],
-                            client,
-                            phone,
-                            channel,
-                            code_hash,
-                            code_length,
-                            call_id,
-                            r.at_ms,
-                            ttl_ms,
-                            max_checks,
-                            r.keep_ms,
-                            r.is_new,
-                        ]
-                    )
-                ],
+                keys=[self.phone_key(r.tag)], args=[orjson.dumps(args)]
             )
         if not raw:
             raise NotFound("the verification ended while the call was placed")
-        return _public(reservation.id, raw)
+        return _public(r.id, raw)
 
     # Reads and checks ---------------------------------------------------------------------
 
-    async def _state(self, key: str) -> list[Any]:
+    async def raw_state(self, tag: str) -> str | None:
+        """A phone's state as stored (service.state.PhoneState.decode reads it)."""
         with self._op("get"):
-            raw = await self.redis.get(key)
-        state: list[Any] = orjson.loads(raw) if raw else []
-        return state
+            raw: str | None = await self.redis.get(self.phone_key(tag))
+        return raw
 
-    async def get(self, verification_id: str, client: str, now_ms: int) -> Record:
-        key, rand = self._located(verification_id)
-        state = await self._state(key)
-        # An empty table is [] to some Lua JSON encoders and {} to others.
-        fields = (state[VERIFICATIONS] or {}).get(rand) if state else None
-        if not fields or fields[_CLIENT] != client or fields[_EXPIRES] <= now_ms:
+    async def get(self, verification_id: str, client: str, now_ms: int) -> StoredVerification:
+        tag, _ = split_id(verification_id)
+        v = read_verification(await self.raw_state(tag), verification_id)
+        if v is None or v.client != client or v.expires_at_ms <= now_ms:
             raise NotFound("no such verification")
-        return _record(verification_id, state[PHONE], fields)
+        return v
 
     async def pending_id(self, tag: str, client: str) -> str:
-        state = await self._state(self._phone_key(tag))
-        rand = (state[PENDING] or {}).get(client) if state else None
-        if not rand:
+        raw = await self.raw_state(tag)
+        pending = (orjson.loads(raw)[PENDING] or {}) if raw else {}
+        part = pending.get(client)
+        if not part:
             raise NotFound("no such verification")
-        return f"vf_{tag}{rand}"
+        return make_id(tag, part)
 
     async def check(
-        self, verification_id: str, client: str, code_hash: str, now_ms: int, guess_limit: Limit
-    ) -> tuple[str, Record]:
+        self, verification_id: str, client: str, code_hash: str, now_ms: int, guesses: Limit
+    ) -> Checked:
         """Atomically compare, count (against the verification and the phone's guess budget)
-        and approve; returns the outcome and, after it, the verification's status,
-        checks_left and channel."""
-        key, rand = self._located(verification_id)
-        args = [rand, client, code_hash, now_ms, guess_limit.count, guess_limit.window_s * 1000]
+        and approve."""
+        key, part = self._located(verification_id)
+        args = [part, client, code_hash, now_ms, guesses.count, guesses.window_s * 1000]
         with self._op("check"):
             reply = await self._scripts["check"](keys=[key], args=args)
-        if reply[0] == "not_found":
+        outcome, *after = reply  # check.lua: {outcome, status, checks_left, channel's initial}
+        if outcome == "not_found":
             raise NotFound("no such verification")
-        outcome, status, checks_left, channel = reply
-        return outcome, {
-            "id": verification_id,
-            "status": status,
-            "checks_left": checks_left,
-            "channel": _CHANNELS[channel],
-        }
+        status, checks_left, channel = after
+        return Checked(outcome, verification_id, status, checks_left, CHANNELS[channel])
 
-    async def cancel(self, verification_id: str, client: str, now_ms: int) -> Record:
-        key, rand = self._located(verification_id)
+    async def cancel(self, verification_id: str, client: str, now_ms: int) -> StoredVerification:
+        key, part = self._located(verification_id)
         with self._op("cancel"):
-            raw = await self._scripts["cancel"](keys=[key], args=[rand, client, now_ms])
+            raw = await self._scripts["cancel"](keys=[key], args=[part, client, now_ms])
         if not raw:
             raise NotFound("no such verification")
         return _public(verification_id, raw)
@@ -353,11 +305,11 @@ class Store:
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int
     ) -> None:
-        """Keep New-Tel's word for call `index` (1-based) and when it was asked."""
-        key, rand = self._located(verification_id)
+        """Keep New-Tel's word for call `index` (0-based, oldest first) and when it was asked."""
+        key, part = self._located(verification_id)
         with self._op("call_status"):
             await self._scripts["call_status"](
-                keys=[key], args=[rand, index, status, now_ms // 1000]
+                keys=[key], args=[part, index + 1, status, now_ms // 1000]
             )
 
     # Idempotency --------------------------------------------------------------------------
@@ -389,21 +341,32 @@ class Store:
         await self.redis.aclose()
 
 
-def _public(verification_id: str, raw: str) -> Record:
+def _public(verification_id: str, raw: str) -> StoredVerification:
     """What the commit and cancel scripts answer: [phone, fields], as public() makes it."""
     phone, fields = orjson.loads(raw)
-    return _record(verification_id, phone, fields)
+    return StoredVerification.decode(verification_id, phone, fields)
 
 
-def _record(verification_id: str, phone: str, fields: list[Any]) -> Record:
-    """A verification's fields by name; its calls as [channel, placed_at_ms, call_id, status,
-    checked_at_s], the last two '' and 0 until New-Tel has been asked."""
-    rec: Record = dict(zip(FIELDS, fields, strict=False))
-    rec["id"] = verification_id
-    rec["phone"] = phone
-    rec["calls"] = [[_CHANNELS[c[0]], c[1], c[2], *(c[3:] or ("", 0))] for c in rec["calls"]]
-    rec["channel"] = rec["calls"][-1][0]
-    return rec
+def _refusal(
+    outcome: str, value: Any, refusing: str, alone: list[Window], waits: list[int]
+) -> ServiceError:
+    """What a refused reservation answers: Retry-After is when every refusing limit has
+    reopened, the longest wait winning."""
+    if outcome == "not_found":
+        return NotFound("no such verification")
+    if outcome == "max_sends":
+        return RateLimited(
+            "this verification has used all its calls",
+            retry_after=_seconds(int(value)),
+            limit="max_sends",
+        )
+    wait_ms, limit = (int(value), refusing) if outcome == "rate_limited" else (0, "")
+    for window, wait in zip(alone, waits, strict=True):
+        if wait > wait_ms:
+            wait_ms, limit = wait, window.name
+    return RateLimited(
+        "too many calls; try again later", retry_after=_seconds(wait_ms), limit=limit
+    )
 
 
 def _seconds(ms: int) -> int:
@@ -473,22 +436,3 @@ def _sentinel(url: str, common: dict[str, Any]) -> Any:
     db = int(path[1]) if len(path) > 1 else 0
     sentinel = Sentinel(nodes, password=parts.password, **common)  # type: ignore[no-untyped-call]
     return sentinel.master_for(path[0], db=db, password=parts.password)
-
-
-class KeyedHash:
-    """HMAC-SHA256 under one key, set up once: OpenSSL 3 spends about 1 µs setting up each
-    one-shot HMAC, twice what hashing a short message costs."""
-
-    __slots__ = ("_base",)
-
-    def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(key, digestmod="sha256")
-
-    def __call__(self, message: bytes) -> bytes:
-        h = self._base.copy()
-        h.update(message)
-        return h.digest()
-
-
-def new_secret() -> bytes:
-    return secrets.token_bytes(32)

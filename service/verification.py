@@ -1,4 +1,21 @@
-"""The verification rules: start, resend, check, cancel, status. No aiohttp, no redis here."""
+"""The verification rules: start, resend, check, cancel, status. No aiohttp, no redis here:
+the rules hold a Store (service/state.py) and a Provider (service/providers/base.py), wired in
+create_app.
+
+What is decided here: who may be called (countries, number types, denied prefixes), which
+end-user IP buckets a start counts against, the code and its keyed hash, the Idempotency-Key's
+binding and replay, whether a failed call gives its limits back, and the views callers see.
+What is decided atomically in the store's Lua scripts (service/lua/), one script per change:
+  reserve.lua   the resend cooldown, the phone's windows, its guess budget, max sends, the
+                pending verification a start resends, and on one Redis the IP and client
+                windows (window.lua takes them apart on a Cluster)
+  release.lua   giving a call back when it certainly did not ring
+  commit.lua    recording a placed call: a new verification, or a resend's new code
+  check.lua     comparing the code's hash in constant time, counting wrong codes against the
+                verification and the phone's guess budget, approving once
+  cancel.lua    canceling a pending verification
+  call_status.lua  keeping New-Tel's word for a call
+"""
 
 from __future__ import annotations
 
@@ -10,9 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
-from prometheus_client import Counter
 
 from service.errors import (
     CountryNotAllowed,
@@ -25,18 +42,23 @@ from service.errors import (
     RateLimited,
     ServiceError,
 )
+from service.keyed import KeyedHash
 from service.metrics import Metrics
 from service.phones import Phone, mask, normalize
-from service.providers.base import Channel, PlacedCall, Provider, random_digits
-from service.providers.sandbox import SandboxProvider
-from service.settings import Limit, Settings
-from service.store import KeyedHash, Record, Reservation, Store
+from service.providers.base import CallLog, Channel, PlacedCall, Provider, random_digits
+from service.settings import Settings
+from service.state import (
+    CallLimits,
+    Commit,
+    IpBuckets,
+    Reservation,
+    Store,
+    StoredVerification,
+)
 
 log = structlog.get_logger("service.verification")
 
 # A repeat of a running request waits this long in all (0.75 s), then answers 409.
-# The end user's address buckets a start counts against: (limit name, bucket, limit).
-IpBuckets = tuple[tuple[str, str, Limit], ...]
 _IDEMPOTENCY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 
 
@@ -71,8 +93,8 @@ class CheckResult:
     checks_left: int | None
 
 
-def _utc(ms: int | str) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 class Verifier:
@@ -87,23 +109,20 @@ class Verifier:
         secret: bytes,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        sandbox: CallLog | None = None,
     ) -> None:
+        """`sandbox`: the sandbox's call log, told which verification each call belongs to
+        (None with a real provider, whose calls' outcomes are asked for instead)."""
         self.metrics = metrics or Metrics()
-        self._counters: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.settings = settings
         self.store = store
         self.provider = provider
-        self.sandbox = provider if isinstance(provider, SandboxProvider) else None
+        self.sandbox = sandbox
         self._keyed = KeyedHash(secret)
         self._clock = clock
 
-    def _count(self, counter: Counter, *labels: str) -> None:
-        """Increment a labelled counter; children are kept, as `labels()` is not free."""
-        key = (counter, labels)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = counter.labels(*labels)
-        child.inc()
+    def _count(self, counter: Any, *labels: str) -> None:
+        self.metrics.child(counter, *labels).inc()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -114,21 +133,21 @@ class Verifier:
         digest = self._keyed(message)[:16]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def view(self, rec: Record) -> Verification:
+    def view(self, v: StoredVerification) -> Verification:
         return Verification(
-            id=rec["id"],
-            phone=rec["phone"],
-            channel=rec["channel"],
-            status=rec["status"],
-            code_length=int(rec["code_length"]),
-            expires_at=_utc(rec["expires_at"]),
-            checks_left=int(rec["checks_left"]),
-            sends_left=max(0, self.settings.max_sends - int(rec["sends"])),
+            id=v.id,
+            phone=v.phone,
+            channel=v.channel,
+            status=v.status,
+            code_length=v.code_length,
+            expires_at=_utc(v.expires_at_ms),
+            checks_left=v.checks_left,
+            sends_left=max(0, self.settings.max_sends - v.sends),
             # The cooldown that holds the phone now, from its last call.
-            resend_after=_utc(rec["calls"][-1][1] + self.settings.resend_cooldown_s * 1000),
+            resend_after=_utc(v.calls[-1].placed_at_ms + self.settings.resend_cooldown_s * 1000),
             calls=[
-                Call(channel, _utc(placed_at), status or "unknown")
-                for channel, placed_at, _, status, _ in rec["calls"]
+                Call(call.channel, _utc(call.placed_at_ms), call.status or "unknown")
+                for call in v.calls
             ],
         )
 
@@ -208,12 +227,12 @@ class Verifier:
                 )
             if "id" in first:
                 try:
-                    rec = await self.store.get(first["id"], client, self._now_ms())
+                    stored_ = await self.store.get(first["id"], client, self._now_ms())
                 except NotFound:
                     # The answer outlived its verification (expiry follows our clock, the
                     # key's TTL the store's): a new request, whose answer overwrites it.
                     return None
-                return self.view(rec), bool(first["created"])
+                return self.view(stored_), bool(first["created"])
             if pause is None:
                 break
             await asyncio.sleep(pause)
@@ -230,13 +249,11 @@ class Verifier:
     async def resend(
         self, client: str, verification_id: str, channel: Channel | None
     ) -> Verification:
-        rec = await self.store.get(verification_id, client, self._now_ms())
-        if rec["status"] != "pending":
+        v = await self.store.get(verification_id, client, self._now_ms())
+        if v.status != "pending":
             raise NotFound("the verification is no longer pending")
-        chosen: Channel = channel or (
-            "voice_call" if rec["channel"] == "voice_call" else "flash_call"
-        )
-        verification, _ = await self._send(client, rec["phone"], chosen, (), verification_id)
+        chosen: Channel = channel or ("voice_call" if v.channel == "voice_call" else "flash_call")
+        verification, _ = await self._send(client, v.phone, chosen, (), verification_id)
         return verification
 
     async def _send(
@@ -272,20 +289,17 @@ class Verifier:
     ) -> tuple[Verification, bool]:
         s = self.settings
         test_code = s.test_numbers.get(phone)
-        now_ms = self._now_ms()
-        reservation = await self.store.reserve(
-            tag=self.store.phone_tag(phone),
-            client=client,
-            verification_id=verification_id,
-            now_ms=now_ms,
+        limits = CallLimits(
             cooldown_ms=s.resend_cooldown_s * 1000,
-            phone_limits=s.phone_limit,
-            guess_limit=s.phone_guess_limit,
+            phone=s.phone_limit,
+            guesses=s.phone_guess_limit,
             max_sends=s.max_sends,
             ips=ips,
             # Test numbers place no call, so they cost nothing against the client's budget.
-            client_limit=None if test_code else s.client_limit,
+            client=None if test_code else s.client_limit,
         )
+        tag = self.store.phone_tag(phone)
+        reservation = await self.store.reserve(tag, client, verification_id, self._now_ms(), limits)
         try:
             placed = await self._place(phone, channel, test_code)
         except ServiceError as exc:
@@ -325,18 +339,17 @@ class Verifier:
         reservation: Reservation,
         placed: PlacedCall,
     ) -> tuple[Verification, bool]:
-        s = self.settings
-        rec = await self.store.commit(
-            reservation,
+        call = Commit(
             client=client,
             phone=phone,
             channel=channel,
             code_hash=self._hash(reservation.id, placed.code),
             code_length=len(placed.code),
             call_id=placed.call_id,
-            ttl_ms=s.code_ttl_s * 1000,
-            max_checks=s.max_checks,
+            ttl_ms=self.settings.code_ttl_s * 1000,
+            max_checks=self.settings.max_checks,
         )
+        stored = await self.store.commit(reservation, call)
         if self.sandbox is not None:
             self.sandbox.attach(placed.call_id, reservation.id, client)
         log.info(
@@ -347,13 +360,13 @@ class Verifier:
             resend=not reservation.is_new,
             test_number=not placed.call_id,
         )
-        return self.view(rec), reservation.is_new
+        return self.view(stored), reservation.is_new
 
     # Check, read, cancel ------------------------------------------------------------------
 
     async def check(self, client: str, verification_id: str, code: str) -> CheckResult:
         try:
-            outcome, rec = await self.store.check(
+            checked = await self.store.check(
                 verification_id,
                 client,
                 self._hash(verification_id, code),
@@ -363,12 +376,13 @@ class Verifier:
         except NotFound:
             self._count(self.metrics.checks, client, "unknown", "not_found")
             raise
-        self._count(self.metrics.checks, client, rec["channel"], outcome)
+        outcome = checked.outcome
+        self._count(self.metrics.checks, client, checked.channel, outcome)
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
             raise MaxChecksReached("too many wrong codes; start a new verification")
-        checks_left = None if outcome in ("approved", "spent") else int(rec["checks_left"])
-        return CheckResult(rec["id"], rec["status"], outcome == "approved", checks_left)
+        checks_left = None if outcome in ("approved", "spent") else checked.checks_left
+        return CheckResult(checked.id, checked.status, outcome == "approved", checks_left)
 
     async def check_by_phone(self, client: str, raw_phone: str, code: str) -> CheckResult:
         phone = normalize(raw_phone).e164_digits
@@ -376,44 +390,40 @@ class Verifier:
         return await self.check(client, verification_id, code)
 
     async def cancel(self, client: str, verification_id: str) -> Verification:
-        rec = await self.store.cancel(verification_id, client, self._now_ms())
+        v = await self.store.cancel(verification_id, client, self._now_ms())
         log.info("verification canceled", verification_id=verification_id)
-        return self.view(rec)
+        return self.view(v)
 
     async def get(self, client: str, verification_id: str) -> Verification:
-        rec = await self.store.get(verification_id, client, self._now_ms())
+        v = await self.store.get(verification_id, client, self._now_ms())
         # The sandbox never learns a call's outcome: nothing to ask, nothing to store.
-        if rec["status"] == "pending" and self.sandbox is None:
-            await self._refresh_calls(rec)
-        return self.view(rec)
+        if v.status == "pending" and self.sandbox is None:
+            await self._refresh_calls(v)
+        return self.view(v)
 
-    async def _refresh_calls(self, rec: Record) -> None:
+    async def _refresh_calls(self, v: StoredVerification) -> None:
         """Ask New-Tel for calls whose outcome is unknown, at most once per refresh period;
-        `rec` is updated in place."""
+        `v`'s calls are updated in place."""
         now_ms = self._now_ms()
         refresh_ms = self.settings.status_refresh_s * 1000
-        # A stored call: [channel, placed_at_ms, call_id, status, checked_at_s] (store._record).
         due = [
             (index, call)
-            for index, call in enumerate(rec["calls"], 1)
-            if call[2] and not call[3] and now_ms - call[4] * 1000 >= refresh_ms
+            for index, call in enumerate(v.calls)
+            if call.call_id and not call.status and now_ms - call.checked_at_s * 1000 >= refresh_ms
         ]
         if not due:
             return
         statuses = await asyncio.gather(
-            *(self.provider.call_status(call[2]) for _, call in due), return_exceptions=True
+            *(self.provider.call_status(call.call_id) for _, call in due), return_exceptions=True
         )
         for (index, call), status in zip(due, statuses, strict=True):
             if isinstance(status, BaseException):
                 log.info(
-                    "call status unavailable",
-                    verification_id=rec["id"],
-                    error=type(status).__name__,
+                    "call status unavailable", verification_id=v.id, error=type(status).__name__
                 )
                 status = None
-            word = (status or "")[:20]
-            await self.store.set_call_status(rec["id"], index, word, now_ms)
-            call[3:] = [word, now_ms // 1000]
+            call.status, call.checked_at_s = (status or "")[:20], now_ms // 1000
+            await self.store.set_call_status(v.id, index, call.status, now_ms)
 
 
 # NAT64 (RFC 6052): an IPv4 host seen through a carrier's translator, one subscriber each.

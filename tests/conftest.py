@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,13 +23,13 @@ from fake_newtel import FakeNewTel
 from service import logs
 from service.app import create_app
 from service.settings import Settings
+from service.state import PhoneState, StoredVerification, tag_of
 from service.store import connect
 
 REDIS_URL = os.environ.get("CALLAUTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 RUN_ID = uuid.uuid4().hex[:12]
 SECRET = "test-secret-0123456789"
-CODE_FIELD = 7  # where a stored verification keeps its code hash (lua/_prelude.lua: CODE)
 
 
 class Clock:
@@ -58,26 +57,26 @@ class Backend:
     async def keys(self) -> list[str]:
         return [k async for k in self.redis.scan_iter(match=self.prefix + "*", count=500)]
 
-    async def phone_states(self) -> dict[str, list[Any]]:
-        """Each phone's state by key (service/lua/_prelude.lua): [phone, call times, pending
-        verification by client, verifications by id]."""
+    async def phone_states(self) -> dict[str, PhoneState]:
+        """Each phone's state by key, decoded by the format's owner (service/state.py)."""
         out = {}
         for key in await self.keys():
-            if re.fullmatch(r"\{[0-9a-f]{16}\}", key.removeprefix(self.prefix)):
-                out[key] = json.loads(await self.redis.get(key))
+            tag = tag_of(self.prefix, key)
+            if tag is not None:
+                out[key] = PhoneState.decode(tag, await self.redis.get(key))
         return out
 
-    async def verifications(self) -> dict[str, list[Any]]:
-        """Every stored verification by id, its fields as the scripts keep them."""
+    async def verifications(self) -> dict[str, StoredVerification]:
+        """Every stored verification by id."""
         return {
-            f"vf_{key[-17:-1]}{rand}": fields
-            for key, state in (await self.phone_states()).items()
-            for rand, fields in (state[3] or {}).items()
+            v.id: v
+            for state in (await self.phone_states()).values()
+            for v in state.all_verifications()
         }
 
     async def pending_pointers(self) -> list[str]:
         """Every client's pending verification, as the phones' states name them."""
-        return [p for state in (await self.phone_states()).values() for p in state[2] or {}]
+        return [p for state in (await self.phone_states()).values() for p in state.pending_ids()]
 
     async def stored_strings(self) -> dict[str, list[str]]:
         """Every key under the prefix with every string it holds: fields, values, members."""

@@ -373,7 +373,12 @@ class VerificationMachine(RuleBasedStateMachine):
         self.store = Store(self.redis, prefix=s.key_prefix, secret=SECRET.encode())
         self.sandbox = SandboxProvider(s.code_length)
         self.verifier = Verifier(
-            s, self.store, self.sandbox, secret=SECRET.encode(), clock=self.clock
+            s,
+            self.store,
+            self.sandbox,
+            secret=SECRET.encode(),
+            clock=self.clock,
+            sandbox=self.sandbox,
         )
         self.model: dict[str, ModelVerification] = {}
         self.phones = {p: ModelPhone() for p in PHONES}

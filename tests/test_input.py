@@ -19,7 +19,7 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import AUTH, PHONE
 from reliability_helpers import free_port
 
-from service.app import ACCESS_LOG, served
+from service.problems import ACCESS_LOG, served
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "SECRETKEY-123456789"

@@ -20,10 +20,11 @@ from conftest import AUTH, PHONE, make_settings
 from fake_newtel import STATUS_METHOD
 from reliability_helpers import PRODUCTION_AUTH, PRODUCTION_KEY, PRODUCTION_SECRET, OwnRedis
 
-from service.app import ACCESS_LOG, MONITOR, create_app, served
+from service.app import MONITOR, create_app
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
 from service.errors import NotFound, ProviderUnavailable
 from service.metrics import NEWTEL_ERROR_REASONS, Metrics
+from service.problems import ACCESS_LOG, served
 from service.providers.newtel import NewTelClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -506,9 +507,7 @@ async def test_the_request_id_is_unbound_when_its_request_ends(service_logs) -> 
     assert ids == {"inside": "rid-1", "request": "rid-1", "after": None}
 
 
-async def test_an_account_status_new_tel_does_not_document_is_labelled_other(
-    make_app, fake_newtel
-):
+async def test_an_account_status_new_tel_does_not_document_is_labelled_other(make_app, fake_newtel):
     fake_newtel.state.update(status="frozen-until-2027-01-01")
     client = await make_app(newtel=True)
     monitor = client.app[MONITOR]

@@ -8,10 +8,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from conftest import AUTH, CODE_FIELD, OTHER, PHONE, SECRET
+from conftest import AUTH, OTHER, PHONE, SECRET
 from fake_newtel import OWN_PIN
 
-from service.store import KeyedHash
+from service.keyed import KeyedHash
 
 KZ_PHONE = "77011234567"
 TEST_NUMBER = "77017654321"
@@ -53,9 +53,8 @@ async def assert_no_code_stored_and_all_keys_expire(backend: Any, codes: Iterabl
         assert pttl > 0, (key, pttl)
     verifications = await backend.verifications()
     assert verifications, "the flow left no verification to inspect"
-    for verification_id, fields in verifications.items():
-        code_hash = fields[CODE_FIELD]
-        assert code_hash == "" or re.fullmatch(r"[A-Za-z0-9_-]{22}", code_hash), verification_id
+    for verification_id, v in verifications.items():
+        assert v.code_hash == "" or re.fullmatch(r"[A-Za-z0-9_-]{22}", v.code_hash), verification_id
 
 
 # Redis --------------------------------------------------------------------------------------
@@ -185,7 +184,7 @@ async def test_the_stored_code_hash_is_the_hmac_of_the_id_and_code_under_the_sec
         code = (await listing.json())["calls"][0]["code"]  # the latest call's code counts
         digest = hmac.new(SECRET.encode(), f"{verification_id}:{code}".encode(), "sha256")
         expected = base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
-        assert stored[verification_id][CODE_FIELD] == expected
+        assert stored[verification_id].code_hash == expected
 
 
 def test_a_keyed_hash_set_up_once_matches_a_fresh_hmac_for_every_message() -> None:

@@ -1,17 +1,21 @@
 -- Shared by the scripts (prepended when they are loaded).
 --
--- A phone's state is one string key holding a JSON array, indexed by the names below:
---   [phone, [times of its calls, ms], {client: its pending verification},
---    {verification: [client, status, code_length, checks_left, sends, expires_at ms,
---                    [calls, oldest first], code hash]},
---    [when each wrong code of the phone's guess budget is given back, ms]]
--- A call is [channel's initial, placed_at ms, New-Tel's call id] and, once New-Tel has been
--- asked, its word for the call ('' while unknown) and when it was asked (s). The channel and
--- the resend cooldown's end follow from the last call. Positions, not names, and one key for
--- everything of a phone: a pending verification costs Redis under 300 bytes.
+-- A phone's state is one string key holding a JSON array; a verification and a call are
+-- arrays too. Positions, not names, and one key for everything of a phone: a pending
+-- verification costs Redis about 300 bytes. service/state.py owns the format and names the
+-- same positions (0-based there); a test compares the two lists below with it.
+--   phone state   [phone, [call times, ms], {client: its pending verification},
+--                  {verification: its fields}, [when each wrong code of the phone's guess
+--                  budget is given back, ms]]
+--   verification  [client, status, code_length, checks_left, sends, expires_at ms,
+--                  [calls, oldest first], code hash]
+--   call          [channel's initial, placed_at ms, New-Tel's call id] and, once New-Tel has
+--                 been asked, its word for the call ('' while unknown) and when (s)
+-- The channel and the resend cooldown's end follow from the last call.
 local PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES = 1, 2, 3, 4, 5
 local CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE =
   1, 2, 3, 4, 5, 6, 7, 8
+local CALL_CHANNEL, CALL_PLACED_AT, CALL_ID, CALL_STATUS, CALL_CHECKED_AT = 1, 2, 3, 4, 5
 
 local function load_state(key)
   local raw = redis.call('GET', key)
@@ -82,7 +86,7 @@ end
 
 -- The channel's initial of a verification's latest call.
 local function channel(v)
-  return v[CALLS][#v[CALLS]][1]
+  return v[CALLS][#v[CALLS]][CALL_CHANNEL]
 end
 
 -- A verification as callers may see it: [phone, the verification without its code hash].

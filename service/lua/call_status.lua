@@ -7,6 +7,6 @@ local call = v and v[CALLS][tonumber(ARGV[2])]
 if not call then
   return 0
 end
-call[4], call[5] = ARGV[3], tonumber(ARGV[4])
+call[CALL_STATUS], call[CALL_CHECKED_AT] = ARGV[3], tonumber(ARGV[4])
 write_state(KEYS[1], state)
 return 1

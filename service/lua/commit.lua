@@ -1,26 +1,30 @@
 -- Record a placed call: create the verification, or give a pending one the new call's code.
 -- KEYS[1] the phone's state
--- ARGV[1]: JSON [id, client, phone, channel, code_hash, code_length, call_id, now_ms,
---       ttl_ms, max_checks, keep_ms (as reserve.lua), whether the verification is new]
+-- ARGV[1]: JSON {id (the id's own part), is_new, now, keep (as reserve.lua kept the calls),
+--          client, phone, channel, code_hash, code_length, call_id, ttl, max_checks}
 -- Returns the verification as public() does, or false if it ended while its call was placed.
-local id, client, phone, channel, code_hash, code_length, call_id, now, ttl, max_checks, keep,
-  is_new = unpack(cjson.decode(ARGV[1]))
+local a = cjson.decode(ARGV[1])
 local state = load_state(KEYS[1])
-local v = state[VERIFICATIONS][id]
+local v = state[VERIFICATIONS][a.id]
 if v == nil then
-  if not is_new then
+  if not a.is_new then
     return false
   end
-  v = {client, 'pending', 0, max_checks, 1, 0, {}, ''}
-  state[VERIFICATIONS][id] = v
-elseif v[STATUS] ~= 'pending' or v[EXPIRES] <= now then
+  v = {}
+  v[CLIENT], v[STATUS], v[CODE_LENGTH], v[CHECKS_LEFT] = a.client, 'pending', 0, a.max_checks
+  v[SENDS], v[EXPIRES], v[CALLS], v[CODE] = 1, 0, {}, ''
+  state[VERIFICATIONS][a.id] = v
+elseif v[STATUS] ~= 'pending' or v[EXPIRES] <= a.now then
   return false
 end
-table.insert(v[CALLS], {string.sub(channel, 1, 1), now, call_id})
-v[CODE] = code_hash
-v[CODE_LENGTH] = code_length
-v[EXPIRES] = now + ttl
-state[PHONE] = phone
-state[PENDING][client] = id
-save_state(KEYS[1], state, now, keep)
-return public(state, id)
+local call = {}
+call[CALL_CHANNEL], call[CALL_PLACED_AT], call[CALL_ID] =
+  string.sub(a.channel, 1, 1), a.now, a.call_id
+table.insert(v[CALLS], call)
+v[CODE] = a.code_hash
+v[CODE_LENGTH] = a.code_length
+v[EXPIRES] = a.now + a.ttl
+state[PHONE] = a.phone
+state[PENDING][a.client] = a.id
+save_state(KEYS[1], state, a.now, a.keep)
+return public(state, a.id)

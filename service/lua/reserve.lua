@@ -3,16 +3,17 @@
 -- KEYS[1] the phone's state
 -- KEYS[2..] the end-user IP's and the client's windows, where they may share a script (one
 -- Redis or Sentinel; a Cluster keeps them in other slots and takes them with window.lua)
--- ARGV[1]: JSON [now_ms, cooldown_ms, [[limit, window_ms] of each phone window], max_sends,
---       client, id of the verification to resend ('': the client's pending one, if any),
---       [[name, limit, window_ms] for each of KEYS[2..]], guess_limit] (one argument:
---       redis-py packs each one in Python)
+-- ARGV[1]: JSON {now, cooldown (ms), phone_windows: [[limit, window_ms], ...], guess_limit,
+--       max_sends, client, resent: the id's own part of the verification to resend ('': the
+--       client's pending one, if any), windows: [[name, limit, window_ms] for each of
+--       KEYS[2..]]} (one argument: redis-py packs each one in Python)
 -- Returns {'ok', id of the verification resent or ''}
 -- | {'rate_limited', retry_ms, 'cooldown', 'phone', 'phone_guesses' or the name of a
 --    KEYS[2..] window}
 -- | {'max_sends', retry_ms} | {'not_found', 0}
+local a = cjson.decode(ARGV[1])
 local now, cooldown, phone_windows, max_sends, client, resent, windows, guess_limit =
-  unpack(cjson.decode(ARGV[1]))
+  a.now, a.cooldown, a.phone_windows, a.max_sends, a.client, a.resent, a.windows, a.guess_limit
 local state = load_state(KEYS[1])
 
 local explicit = resent ~= ''

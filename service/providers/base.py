@@ -42,3 +42,11 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class CallLog(Protocol):
+    """The sandbox's record of the calls it "placed" (for /v1/sandbox/calls)."""
+
+    def attach(self, call_id: str, verification_id: str, client: str) -> None:
+        """Tie a placed call to its verification and client."""
+        ...
