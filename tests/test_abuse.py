@@ -4,40 +4,24 @@ window, the IPv6 /48 and NAT64 rules, and limits kept after a call that may have
 from __future__ import annotations
 
 import asyncio
-import socket
-from typing import Any
 
 import pytest
-from conftest import AUTH, OTHER, PHONE, Clock
+from conftest import AUTH, OTHER, TWO_CLIENTS, Clock
 from fake_newtel import FakeNewTel
-from test_checks import check, check_by_phone, problem, wrong
+from helpers import (
+    check,
+    check_by_phone,
+    free_port,
+    metric,
+    metrics_text,
+    problem,
+    start,
+    started,
+    wrong,
+)
 
-TWO_CLIENTS = "dev:dev,other:other-key"
-
-
-@pytest.fixture(autouse=True)
-def slot_aligned(clock: Clock) -> None:
-    """Start on a whole ten minutes: the IP windows count in slots of 1/60 of the window."""
-    clock.now = float(-(-int(clock.now) // 600) * 600)
-
-
-async def start(client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any):
-    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
-
-
-async def started(client: Any, headers: dict[str, str] = AUTH) -> tuple[str, str]:
-    """Start (or resend) for PHONE; the verification id and the code the sandbox called."""
-    resp = await start(client, headers=headers)
-    assert resp.status in (200, 201), await resp.text()
-    verification_id = (await resp.json())["id"]
-    calls = await client.get(f"/v1/sandbox/calls?phone={PHONE}", headers=headers)
-    return verification_id, (await calls.json())["calls"][0]["code"]
-
-
-async def metric(client: Any, line_start: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start)]
-    return sum(values)
+# The IP's windows count in slots of 1/60 of the window.
+pytestmark = pytest.mark.usefixtures("slot_aligned")
 
 
 # Who may be called --------------------------------------------------------------------------
@@ -61,7 +45,8 @@ async def test_premium_toll_free_and_abkhazian_numbers_are_never_called(
         body = await problem(await start(client, phone, channel=channel), 422, "number_not_allowed")
         assert "1234567" not in body["detail"]
     assert fake_newtel.calls_placed() == []
-    assert await metric(client, f'callauth_numbers_refused_total{{reason="{reason}"}}') == 2
+    text = await metrics_text(client)
+    assert metric(text, "callauth_numbers_refused_total", reason=reason) == 2
 
 
 async def test_a_fixed_line_is_refused_by_default_and_called_when_its_type_is_allowed(
@@ -105,7 +90,7 @@ async def test_ten_wrong_codes_over_three_verifications_and_two_clients_end_the_
         assert (await check(client, first, wrong(code))).status == 200
     # other's: 3 wrong codes (6..8).
     clock.advance(60)
-    second, other_code = await started(client, OTHER)
+    second, other_code = await started(client, headers=OTHER)
     for _ in range(3):
         assert (await check(client, second, wrong(other_code), OTHER)).status == 200
     # dev's second: the 10th wrong code answers like any wrong check.
@@ -131,7 +116,8 @@ async def test_ten_wrong_codes_over_three_verifications_and_two_clients_end_the_
     await problem(await start(client), 429, "rate_limited")
     limited = await start(client, headers=OTHER)
     assert int(limited.headers["Retry-After"]) == 86400 - 180
-    assert await metric(client, 'callauth_rate_limited_total{limit="phone_guesses"}') == 2
+    text = await metrics_text(client)
+    assert metric(text, "callauth_rate_limited_total", limit="phone_guesses") == 2
     clock.advance(86400 - 180)
     assert (await start(client)).status == 201
 
@@ -142,7 +128,7 @@ async def test_thirty_concurrent_wrong_checks_by_id_and_phone_use_exactly_the_bu
     client = await make_app(api_keys=TWO_CLIENTS, max_checks=8, phone_guess_limit="10/86400")
     mine, code = await started(client)
     clock.advance(60)
-    theirs, their_code = await started(client, OTHER)
+    theirs, their_code = await started(client, headers=OTHER)
     attempts = [
         *(check(client, mine, wrong(code)) for _ in range(8)),
         *(check_by_phone(client, wrong(code)) for _ in range(7)),
@@ -208,7 +194,7 @@ async def test_four_64s_of_one_48_are_counted_together(make_app) -> None:
     for phone, address in zip(phones[:3], addresses[:3], strict=True):
         assert (await start(client, phone, ip=address)).status == 201
     await problem(await start(client, phones[3], ip=addresses[3]), 429, "rate_limited")
-    assert await metric(client, 'callauth_rate_limited_total{limit="ipv6_48"}') == 1
+    assert metric(await metrics_text(client), "callauth_rate_limited_total", limit="ipv6_48") == 1
     # Another /48 is another site.
     assert (await start(client, phones[3], ip="2001:db8:6:1::7")).status == 201
 
@@ -250,12 +236,9 @@ async def test_a_new_tel_timeout_keeps_the_phones_limit_taken(
 
 async def test_a_refused_connection_gives_the_phones_limit_back(make_app) -> None:
     # A loopback port nobody listens on: the request never left.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
     client = await make_app(
         newtel=True,
-        newtel_base_url=f"http://127.0.0.1:{closed_port}",
+        newtel_base_url=f"http://127.0.0.1:{free_port()}",
         phone_limit="1/3600",
         breaker_failures=100,
     )

@@ -9,58 +9,15 @@ from typing import Any
 import pytest
 from conftest import AUTH, OTHER, PHONE
 from fake_newtel import OWN_PIN
+from helpers import check, problem, sandbox_code, spoken_code, start
 from yarl import URL
 
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
 VF_ID = re.compile(r"^vf_[0-9A-Za-z_-]+$")
 US_PHONE = "+1 650 253 0000"
 
 
 def rfc3339(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def problem(resp: Any, status: int, code: str) -> dict[str, Any]:
-    """Assert `resp` is the contract's problem document for `status` / `code`, and return it."""
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/problem+json"
-    body: dict[str, Any] = await resp.json(content_type=None)
-    assert body.keys() >= PROBLEM_FIELDS
-    assert body["status"] == status
-    assert body["code"] == code
-    assert all(isinstance(body[f], str) for f in ("type", "title", "detail"))
-    assert body["type"]
-    assert body["title"]
-    if status in (429, 503):
-        assert int(resp.headers["Retry-After"]) >= 1
-    return body
-
-
-async def start(
-    client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any
-) -> Any:
-    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
-
-
-async def sandbox_code(client: Any, phone: str = PHONE) -> str:
-    resp = await client.get(f"/v1/sandbox/calls?phone={phone}", headers=AUTH)
-    assert resp.status == 200
-    return str((await resp.json())["calls"][0]["code"])
-
-
-async def check(
-    client: Any, verification_id: str, code: str, headers: dict[str, str] = AUTH
-) -> Any:
-    return await client.post(
-        f"/v1/verifications/{verification_id}/check", json={"code": code}, headers=headers
-    )
-
-
-def spoken_code(text: str) -> str:
-    """The code inside a voice text: digits separated by spaces."""
-    match = re.search(r"\d(?: \d)+", text)
-    assert match is not None, text
-    return match.group(0).replace(" ", "")
 
 
 async def no_verification_is_stored(backend: Any) -> None:

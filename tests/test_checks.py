@@ -6,54 +6,15 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import AUTH, OTHER, PHONE
-
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
-
-
-async def problem(resp: Any, status: int, code: str) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/problem+json"
-    body: dict[str, Any] = await resp.json(content_type=None)
-    assert body.keys() >= PROBLEM_FIELDS
-    assert (body["status"], body["code"]) == (status, code)
-    return body
-
-
-async def started(client: Any, headers: dict[str, str] = AUTH) -> tuple[str, str]:
-    """Start a flash call to PHONE; return the verification id and its code."""
-    resp = await client.post("/v1/verifications", json={"phone": PHONE}, headers=headers)
-    assert resp.status == 201
-    verification_id = (await resp.json())["id"]
-    calls = await client.get(f"/v1/sandbox/calls?phone={PHONE}", headers=headers)
-    return verification_id, (await calls.json())["calls"][0]["code"]
+from conftest import AUTH, OTHER
+from helpers import check, check_by_phone, newtel_pin, problem, start, started, wrong
 
 
 async def started_newtel(client: Any, fake_newtel: Any, headers: dict[str, str]) -> tuple[str, str]:
-    resp = await client.post("/v1/verifications", json={"phone": PHONE}, headers=headers)
+    """Start a flash call to PHONE through the fake New-Tel; the id and the pin it was sent."""
+    resp = await start(client, headers=headers)
     assert resp.status == 201
-    return (await resp.json())["id"], fake_newtel.calls_placed()[-1].json["pin"]
-
-
-def wrong(code: str) -> str:
-    """A code of the same length that is not `code`."""
-    return "".join(str((int(d) + 1) % 10) for d in code)
-
-
-async def check(
-    client: Any, verification_id: str, code: str, headers: dict[str, str] = AUTH
-) -> Any:
-    return await client.post(
-        f"/v1/verifications/{verification_id}/check", json={"code": code}, headers=headers
-    )
-
-
-async def check_by_phone(
-    client: Any, code: str, phone: str = PHONE, headers: dict[str, str] = AUTH
-) -> Any:
-    return await client.post(
-        "/v1/verifications/check", json={"phone": phone, "code": code}, headers=headers
-    )
+    return (await resp.json())["id"], newtel_pin(fake_newtel)
 
 
 # The right code ----------------------------------------------------------------------------

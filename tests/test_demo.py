@@ -20,6 +20,7 @@ import fakeredis
 import pytest
 from aiohttp import web
 from conftest import IN_CI, Clock, make_settings
+from helpers import wrong
 
 from service.app import create_app
 
@@ -176,11 +177,6 @@ async def _outcome(ui: Browser, outcome: str, text: str | re.Pattern[str]) -> st
     return str(await result.inner_text())
 
 
-def _other(code: str) -> str:
-    """A wrong code of the same length."""
-    return code[:-1] + str((int(code[-1]) + 1) % 10)
-
-
 async def test_flash_call_wrong_code_right_code_then_rate_limited(
     browser: Browser, tmp_path: Path
 ) -> None:
@@ -203,7 +199,7 @@ async def test_flash_call_wrong_code_right_code_then_rate_limited(
         assert shown.endswith(code), shown
         await ui.expect(page.locator("#fact-checks")).to_have_text("5")
 
-        await _check(ui, _other(code))
+        await _check(ui, wrong(code))
         await _outcome(ui, "wrong", "Wrong code, 4 tries left.")
         await ui.expect(page.locator("#fact-checks")).to_have_text("4")
 
@@ -261,9 +257,9 @@ async def test_voice_resend_max_checks_expiry_and_problem_details(
         assert re.fullmatch(r"[0-9]{5}", voice), marks
 
         # The flash call's code no longer counts; two wrong tries use up max_checks=2.
-        await _check(ui, flash if flash != voice else _other(voice))
+        await _check(ui, flash if flash != voice else wrong(voice))
         await _outcome(ui, "wrong", "Wrong code, 1 try left.")
-        await _check(ui, _other(voice))
+        await _check(ui, wrong(voice))
         await _outcome(ui, "max_checks", "no tries left")
         await _check(ui, voice)
         await _outcome(ui, "max_checks", "Max checks reached")

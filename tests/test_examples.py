@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import IN_CI
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_env() -> dict[str, str]:
@@ -34,7 +28,7 @@ def _clean_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m service` in sandbox mode on a free port, no resend cooldown."""
-    port = _free_port()
+    port = free_port()
     env = {
         **_clean_env(),
         "CALLAUTH_HOST": "127.0.0.1",

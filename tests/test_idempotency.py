@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import helpers
 import pytest
 from conftest import AUTH, OTHER, PHONE, Clock
 from fake_newtel import FakeNewTel
@@ -12,12 +13,8 @@ from fake_newtel import FakeNewTel
 from service.store import Store
 
 OTHER_PHONE = "79161234567"
-
-
-@pytest.fixture(autouse=True)
-def whole_seconds(clock: Clock) -> None:
-    """Start the clock on a whole second, so windows and Retry-After compare exactly."""
-    clock.now = float(int(clock.now))
+# Windows and Retry-After compare exactly on whole seconds.
+pytestmark = pytest.mark.usefixtures("whole_seconds")
 
 
 async def start(
@@ -26,10 +23,11 @@ async def start(
     phone: str = PHONE,
     headers: dict[str, str] = AUTH,
     **body: Any,
-):
+) -> Any:
+    """A start with `key` as its Idempotency-Key (None: without one)."""
     if key is not None:
         headers = {**headers, "Idempotency-Key": key}
-    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
+    return await helpers.start(client, phone, headers, **body)
 
 
 async def test_a_repeat_returns_the_first_answer_and_places_no_call(

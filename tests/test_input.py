@@ -4,45 +4,22 @@ and ids that only look valid."""
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from conftest import AUTH, PHONE
-from reliability_helpers import free_port
+from conftest import AUTH
+from helpers import free_port, problem, started, wrong
 
 from service.problems import ACCESS_LOG, served
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "SECRETKEY-123456789"
-
-
-async def problem(resp: Any, status: int, code: str) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/problem+json"
-    body: dict[str, Any] = await resp.json(content_type=None)
-    assert (body["status"], body["code"]) == (status, code)
-    return body
-
-
-async def started(client: Any) -> tuple[str, str]:
-    """Start a flash call to PHONE; return the verification id and its sandbox code."""
-    resp = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
-    assert resp.status == 201
-    calls = await client.get(f"/v1/sandbox/calls?phone={PHONE}", headers=AUTH)
-    return (await resp.json())["id"], (await calls.json())["calls"][0]["code"]
-
-
-def wrong(code: str) -> str:
-    return "".join(str((int(d) + 1) % 10) for d in code)
 
 
 async def checks_left(client: Any, verification_id: str) -> int:
@@ -255,18 +232,6 @@ async def test_a_request_id_with_a_space_or_a_trailing_newline_is_not_echoed() -
 # Requests aiohttp cannot parse -------------------------------------------------------------
 
 
-@pytest.fixture
-def stdlib_logs() -> Iterator[io.StringIO]:
-    """Everything stdlib logging lets through in production (WARNING and up)."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield buffer
-    root.removeHandler(handler)
-
-
 UNPARSABLE = {
     "a control byte in the Authorization line": (
         f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\x01\r\n\r\n"
@@ -285,7 +250,7 @@ UNPARSABLE = {
 
 @pytest.mark.parametrize("raw", UNPARSABLE.values(), ids=UNPARSABLE.keys())
 async def test_an_unparsable_request_is_400_and_one_structured_line_without_the_key(
-    make_app, service_logs, stdlib_logs, capfd, raw
+    make_app, service_logs, capfd, raw
 ) -> None:
     client = await make_app()
     answer = await exchange(client, raw)
@@ -298,9 +263,9 @@ async def test_an_unparsable_request_is_400_and_one_structured_line_without_the_
     assert bad[0]["error"] in {"BadHttpMessage", "LineTooLong", "InvalidURLError", "InvalidHeader"}
     assert bad[0]["level"] == "info"
     captured = capfd.readouterr()
-    for text in (service_logs.text(), stdlib_logs.getvalue(), captured.out, captured.err):
+    for text in (service_logs.text(), service_logs.stdlib_text(), captured.out, captured.err):
         assert KEY not in text
-    assert "Error handling request" not in stdlib_logs.getvalue() + captured.err
+    assert "Error handling request" not in service_logs.stdlib_text() + captured.err
 
 
 # Ids that only look valid ------------------------------------------------------------------

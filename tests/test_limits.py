@@ -12,8 +12,9 @@ import fakeredis
 import pytest
 import redis
 import redis.exceptions
-from conftest import AUTH, IN_CI, OTHER, PHONE, REDIS_URL, RUN_ID, Clock
+from conftest import AUTH, IN_CI, OTHER, PHONE, REDIS_URL, RUN_ID, TWO_CLIENTS, Clock
 from fake_newtel import FakeNewTel
+from helpers import problem, start
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,31 +22,12 @@ from service.store import _script
 
 PHONES = ["79035675125", "79161234567", "79261234567", "79031112233"]
 KZ_PHONE = "77012345678"
-TWO_CLIENTS = "dev:dev,other:other-key"
-
-
-@pytest.fixture(autouse=True)
-def slot_aligned(clock: Clock) -> None:
-    """Start the clock on a whole ten minutes, so windows and Retry-After compare exactly: the
-    IP's and the client's windows count in slots of 1/60 of the window (60 s for an hour)."""
-    clock.now = float(-(-int(clock.now) // 600) * 600)
-
-
-async def start(client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any):
-    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
+# Windows and Retry-After compare exactly: the clock starts on a whole ten minutes.
+pytestmark = pytest.mark.usefixtures("slot_aligned")
 
 
 async def assert_rate_limited(resp: Any, retry_after: int | None = None) -> dict[str, Any]:
-    assert resp.status == 429
-    assert resp.content_type == "application/problem+json"
-    problem = await resp.json()
-    assert problem["code"] == "rate_limited"
-    assert problem["status"] == 429
-    assert {"type", "title", "detail"} <= problem.keys()
-    assert int(resp.headers["Retry-After"]) >= 1
-    if retry_after is not None:
-        assert int(resp.headers["Retry-After"]) == retry_after
-    return problem
+    return await problem(resp, 429, "rate_limited", retry_after=retry_after)
 
 
 async def cancel(client: Any, resp: Any, headers: dict[str, str] = AUTH) -> None:

@@ -3,30 +3,20 @@ holds no code, pin, API key, New-Tel key, token, secret or full phone number. Th
 exception is the code in the sandbox's own `sandbox call placed` event. Redis, after the same
 flows, holds no plain code and no key either.
 
-Logs are captured through the service's real configuration (structlog processors, redaction
-and JSON renderer); stdlib logging (aiohttp's own messages) is captured at the level
-production lets through (WARNING and up).
+Logs are read through `service_logs` (conftest.LogCapture): the service's real configuration
+(structlog processors, redaction and JSON renderer), and stdlib logging (aiohttp's own
+messages) at the level production lets through (WARNING and up).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-import structlog
 from conftest import SECRET
 from fake_newtel import OWN_PIN, VOICE_ECHO_PIN
-from reliability_helpers import digits_present, spoken_code
-
-from service import logs
-
-STORES = pytest.mark.parametrize("backend", ["redis", "embedded"], indirect=True)
+from helpers import STORES, digits_present, sandbox_codes, spoken_code, wrong
 
 API_KEYS = "acme:sk-acme-live-7f3a9c0d2e41,beta:sk-beta-live-5b8e1f6a0c93"
 ACME = {"Authorization": "Bearer sk-acme-live-7f3a9c0d2e41"}
@@ -40,39 +30,6 @@ SANDBOX_KZ = {"+7 701 123 45 67": "77011234567"}
 NEWTEL_PHONES = {"+7 (903) 567-51-31": "79035675131", "79035675132": "79035675132"}
 NEWTEL_KZ = {"+7 (701) 555-12-34": "77015551234"}
 FAILING = "+7 903 567 51 40"
-
-
-@dataclass
-class Captured:
-    structured: io.StringIO = field(default_factory=io.StringIO)
-    stdlib: io.StringIO = field(default_factory=io.StringIO)
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.structured.getvalue().splitlines()]
-
-
-@pytest.fixture
-def captured() -> Iterator[Captured]:
-    capture = Captured()
-    logs.configure("debug", "json", stream=capture.structured, cache=False)
-    handler = logging.StreamHandler(capture.stdlib)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield capture
-    root.removeHandler(handler)
-    structlog.reset_defaults()
-
-
-def wrong(code: str) -> str:
-    return "".join(str((int(d) + 1) % 10) for d in code)
-
-
-async def sandbox_codes(client: Any, phone: str, headers: dict[str, str]) -> list[str]:
-    resp = await client.get("/v1/sandbox/calls", params={"phone": phone}, headers=headers)
-    assert resp.status == 200
-    return [c["code"] for c in (await resp.json())["calls"]]
 
 
 async def post(client: Any, path: str, body: Any, headers: dict[str, str]) -> Any:
@@ -117,7 +74,7 @@ async def sandbox_flows(client: Any) -> set[str]:
     [code] = await sandbox_codes(client, digits, BETA)
     codes.add(code)
     for n in range(5):
-        bad = f"{(int(code) + 1 + n) % 100000:05d}"
+        bad = wrong(code, n + 1)
         codes.add(bad)
         await post(client, f"/v1/verifications/{vid}/check", {"code": bad}, BETA)
     refused = await post(client, f"/v1/verifications/{vid}/check", {"code": code}, BETA)
@@ -250,7 +207,7 @@ def scan(text: str, codes: set[str], secrets: set[str], phones: set[str], where:
 
 @STORES
 async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
-    make_app, backend, fake_newtel, captured
+    make_app, backend, fake_newtel, service_logs
 ) -> None:
     sandbox = await make_app(
         api_keys=API_KEYS, resend_cooldown_s=0, test_numbers=f"{TEST_NUMBER}:{TEST_CODE}"
@@ -280,7 +237,7 @@ async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
             phones |= {digits, digits[1:]}  # E.164 and the national number
             typed.add(as_typed)
 
-    lines = captured.lines()
+    lines = service_logs.lines()
     events = {line["event"] for line in lines}
     # The capture did see the flows (otherwise a clean scan would prove nothing).
     assert {"call placed", "code checked", "sandbox call placed", "request"} <= events
@@ -295,7 +252,7 @@ async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
             assert line["code"] in codes  # the one place a code may show
             del rest["code"]
         scan(json.dumps(rest, ensure_ascii=False), codes, secrets | typed, phones, line["event"])
-    scan(captured.stdlib.getvalue(), codes, secrets | typed, phones, "stdlib logging")
+    scan(service_logs.stdlib_text(), codes, secrets | typed, phones, "stdlib logging")
 
     # Redis: no plain code, key or secret in any key, field, value or member (the phone is
     # in the verification's record by design; key names carry only its keyed hash).

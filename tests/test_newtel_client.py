@@ -12,6 +12,7 @@ import aiohttp
 import aiohttp.abc
 import pytest
 from fake_newtel import OWN_PIN, VOICE_ECHO_PIN, FakeNewTel
+from helpers import free_port
 
 from service.breaker import CircuitBreaker, GuardedProvider
 from service.errors import NumberUnreachable, ProviderError, ProviderUnavailable, ServiceError
@@ -260,11 +261,8 @@ async def test_a_slow_answer_times_out_as_unavailable(
 
 
 async def test_a_refused_connection_is_unavailable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again below: nothing listens there
     client = NewTelClient(
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         access_key="AK",
         signature_key="SK",
         flash_method=FLASH,
@@ -277,12 +275,6 @@ async def test_a_refused_connection_is_unavailable() -> None:
             await client.flash_call(PHONE, PIN)
     finally:
         await client.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed on return: nothing listens there
 
 
 class NoSuchHost(aiohttp.abc.AbstractResolver):
@@ -323,7 +315,7 @@ async def test_a_failed_start_says_whether_the_call_certainly_did_not_ring(
     status, not_placed, reason = START_FAILURES[failure]
     session = None
     if failure == "refused":
-        client = make_client(base_url=f"http://127.0.0.1:{closed_port()}")
+        client = make_client(base_url=f"http://127.0.0.1:{free_port()}")
     elif failure == "dns_failure":
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=NoSuchHost()))
         client = make_client(base_url="http://newtel.invalid", session=session)

@@ -12,27 +12,12 @@ import random
 from collections import Counter
 from typing import Any
 
-import pytest
 from conftest import AUTH
-from reliability_helpers import phones
+from helpers import STORES, phones, start, started, wrong
 
-STORES = pytest.mark.parametrize("backend", ["redis", "embedded"], indirect=True)
 MAX_CHECKS = 5
 MAX_SENDS = 3
 ROUNDS = 3
-
-
-def wrong_codes(right: str, count: int) -> list[str]:
-    """`count` distinct codes of the right length, none of them `right`."""
-    width = len(right)
-    out: list[str] = []
-    n = int(right)
-    while len(out) < count:
-        n = (n + 7919) % 10**width
-        code = f"{n:0{width}d}"
-        if code != right and code not in out:
-            out.append(code)
-    return out
 
 
 async def bodies(responses: list[Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -54,13 +39,9 @@ async def test_concurrent_mixed_checks_count_at_most_max_checks_and_approve_at_m
     client = await make_app(max_checks=MAX_CHECKS)
     rng = random.Random(20261129)
     for i, phone in enumerate(phones(ROUNDS * 2, base=79035673000)):
-        started = await client.post("/v1/verifications", json={"phone": phone}, headers=AUTH)
-        assert started.status == 201
-        vid = (await started.json())["id"]
-        listing = await client.get("/v1/sandbox/calls", params={"phone": phone}, headers=AUTH)
-        right = (await listing.json())["calls"][0]["code"]
+        vid, right = await started(client, phone)
         # Half the rounds: one right code among many wrong; the others: several right ones.
-        codes = wrong_codes(right, 24) + [right] * (1 if i % 2 == 0 else 6)
+        codes = [wrong(right, n) for n in range(1, 25)] + [right] * (1 if i % 2 == 0 else 6)
         rng.shuffle(codes)
         requests = []
         for n, code in enumerate(codes):
@@ -163,9 +144,9 @@ async def test_concurrent_resends_and_a_cancel_place_at_most_max_sends_calls(
     fake_newtel.mode, fake_newtel.delay_s = "slow", 0.03
     client = await make_app(newtel=True, max_sends=MAX_SENDS, resend_cooldown_s=0)
     for round_, phone in enumerate(phones(ROUNDS, base=79035676000)):
-        started = await client.post("/v1/verifications", json={"phone": phone}, headers=AUTH)
-        assert started.status == 201
-        vid = (await started.json())["id"]
+        first = await start(client, phone)
+        assert first.status == 201
+        vid = (await first.json())["id"]
         resends = [
             client.post(f"/v1/verifications/{vid}/resend", json={}, headers=AUTH) for _ in range(8)
         ]
@@ -202,8 +183,7 @@ async def test_concurrent_resends_of_one_verification_place_at_most_max_sends_ca
     fake_newtel.mode, fake_newtel.delay_s = "slow", 0.03
     client = await make_app(newtel=True, max_sends=MAX_SENDS, resend_cooldown_s=0)
     for phone in phones(ROUNDS, base=79035677000):
-        started = await client.post("/v1/verifications", json={"phone": phone}, headers=AUTH)
-        vid = (await started.json())["id"]
+        vid = (await (await start(client, phone)).json())["id"]
         answers = await bodies(
             await asyncio.gather(
                 *(

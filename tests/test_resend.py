@@ -2,60 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import pytest
 from conftest import AUTH, OTHER, PHONE, Clock
-from fake_newtel import OWN_PIN, STATUS_METHOD, FakeNewTel
+from fake_newtel import OWN_PIN, FakeNewTel
+from helpers import checked, resend, sandbox_codes, spoken_code, start, status_requests, wrong
 
-TWO_CLIENTS = "dev:dev,other:other-key"
 FIRST_CALL_ID = "2096093321622464437"  # the fake numbers its calls from here, one per answer
-
-
-@pytest.fixture(autouse=True)
-def whole_seconds(clock: Clock) -> None:
-    """Start the clock on a whole second, so windows and Retry-After compare exactly."""
-    clock.now = float(int(clock.now))
-
-
-async def start(client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any):
-    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
-
-
-async def resend(client: Any, verification_id: str, headers: dict[str, str] = AUTH, **body: Any):
-    return await client.post(
-        f"/v1/verifications/{verification_id}/resend", json=body, headers=headers
-    )
-
-
-async def check(client: Any, verification_id: str, code: str) -> dict[str, Any]:
-    resp = await client.post(
-        f"/v1/verifications/{verification_id}/check", json={"code": code}, headers=AUTH
-    )
-    assert resp.status == 200
-    return await resp.json()  # type: ignore[no-any-return]
-
-
-async def sandbox_codes(client: Any, phone: str = PHONE) -> list[str]:
-    """The codes the sandbox "called" this phone with, newest first."""
-    resp = await client.get(f"/v1/sandbox/calls?phone={phone}", headers=AUTH)
-    return [c["code"] for c in (await resp.json())["calls"]]
-
-
-def spoken_code(fake: FakeNewTel) -> str:
-    """The code the robot says in the latest voice call the fake received."""
-    text = fake.calls_placed()[-1].json["text"]
-    return re.sub(r"\D", "", text.split(".")[0])
-
-
-def wrong(code: str) -> str:
-    """A code of the same length that is certainly not `code`."""
-    return code[:-1] + str((int(code[-1]) + 1) % 10)
-
-
-def status_requests(fake: FakeNewTel) -> list[Any]:
-    return [r for r in fake.requests if r.method == STATUS_METHOD]
+# Windows and Retry-After compare exactly on whole seconds.
+pytestmark = pytest.mark.usefixtures("whole_seconds")
 
 
 # Resend by starting again -------------------------------------------------------------------
@@ -114,9 +68,9 @@ async def test_the_newest_code_replaces_the_old_one(
     new_pin = fake_newtel.calls_placed()[-1].json["pin"]
     assert resent["code_length"] == len(new_pin) == 5
 
-    old = await check(client, body["id"], OWN_PIN)
+    old = await checked(client, body["id"], OWN_PIN)
     assert old == {"id": body["id"], "status": "pending", "valid": False, "checks_left": 4}
-    assert await check(client, body["id"], new_pin) == {
+    assert await checked(client, body["id"], new_pin) == {
         "id": body["id"],
         "status": "approved",
         "valid": True,
@@ -133,8 +87,8 @@ async def test_the_newest_sandbox_code_approves_and_the_old_one_counts_as_wrong(
     newest, oldest = await sandbox_codes(client)
     if newest == oldest:
         pytest.skip("the two random codes happened to be equal")
-    assert (await check(client, body["id"], oldest))["valid"] is False
-    assert (await check(client, body["id"], newest))["valid"] is True
+    assert (await checked(client, body["id"], oldest))["valid"] is False
+    assert (await checked(client, body["id"], newest))["valid"] is True
 
 
 async def test_wrong_codes_are_not_forgiven_by_a_resend(make_app, clock: Clock) -> None:
@@ -142,13 +96,13 @@ async def test_wrong_codes_are_not_forgiven_by_a_resend(make_app, clock: Clock) 
     body = await (await start(client)).json()
     for left in (2, 1):
         code = (await sandbox_codes(client))[0]
-        assert (await check(client, body["id"], wrong(code)))["checks_left"] == left
+        assert (await checked(client, body["id"], wrong(code)))["checks_left"] == left
     clock.advance(60)
     resent = await (await resend(client, body["id"])).json()
     assert resent["checks_left"] == 1
 
     code = (await sandbox_codes(client))[0]
-    assert (await check(client, body["id"], wrong(code)))["status"] == "max_checks_reached"
+    assert (await checked(client, body["id"], wrong(code)))["status"] == "max_checks_reached"
     spent = await client.post(
         f"/v1/verifications/{body['id']}/check", json={"code": code}, headers=AUTH
     )
@@ -218,15 +172,15 @@ async def test_a_resend_can_switch_to_a_voice_call(
     assert voice.json["dstNumber"] == PHONE
     assert "text" in voice.json
     assert "pin" not in voice.json
-    code = spoken_code(fake_newtel)
+    code = spoken_code(voice.json["text"])
     assert len(code) == 5
 
     got = await (await client.get(f"/v1/verifications/{body['id']}", headers=AUTH)).json()
     assert [c["channel"] for c in got["calls"]] == ["flash_call", "voice_call"]
 
     if flash_pin != code:
-        assert (await check(client, body["id"], flash_pin))["valid"] is False
-    assert (await check(client, body["id"], code))["valid"] is True
+        assert (await checked(client, body["id"], flash_pin))["valid"] is False
+    assert (await checked(client, body["id"], code))["valid"] is True
 
 
 async def test_a_voice_verification_stays_voice_on_a_plain_resend(
@@ -290,7 +244,7 @@ async def test_an_approved_verification_cannot_be_resent(
 ) -> None:
     client = await make_app(newtel=True)
     body = await (await start(client)).json()
-    await check(client, body["id"], fake_newtel.calls_placed()[-1].json["pin"])
+    await checked(client, body["id"], fake_newtel.calls_placed()[-1].json["pin"])
     clock.advance(60)
     assert (await resend(client, body["id"])).status == 404
     assert len(fake_newtel.calls_placed()) == 1
@@ -300,7 +254,7 @@ async def test_a_verification_out_of_checks_cannot_be_resent(make_app, clock: Cl
     client = await make_app(max_checks=1)
     body = await (await start(client)).json()
     code = (await sandbox_codes(client))[0]
-    await check(client, body["id"], wrong(code))
+    await checked(client, body["id"], wrong(code))
     clock.advance(60)
     assert (await resend(client, body["id"])).status == 404
     again = await start(client)

@@ -30,7 +30,8 @@ import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 import topology
-from conftest import AUTH, IN_CI, PHONE, RUN_ID, make_settings
+from conftest import IN_CI, RUN_ID, make_settings
+from helpers import checked, problem, start, started, wrong
 from redis.asyncio.connection import SSLConnection
 
 from service.app import create_app
@@ -215,22 +216,9 @@ async def test_a_rediss_url_with_the_ca_gives_a_verified_tls_connection(
 async def test_a_full_flow_runs_over_tls(aiohttp_client: Any, tls_client: Any, prefix: str) -> None:
     app = await aiohttp_client(create_app(make_settings(prefix), redis=tls_client))
 
-    resp = await app.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
-    assert resp.status == 201, await resp.text()
-    verification_id = (await resp.json())["id"]
-
-    resp = await app.get(f"/v1/sandbox/calls?phone={PHONE}", headers=AUTH)
-    assert resp.status == 200, await resp.text()
-    code = str((await resp.json())["calls"][0]["code"])
-    wrong = "".join(str((int(d) + 1) % 10) for d in code)
-
-    path = f"/v1/verifications/{verification_id}/check"
-    resp = await app.post(path, json={"code": wrong}, headers=AUTH)
-    assert resp.status == 200, await resp.text()
-    assert (await resp.json())["valid"] is False
-    resp = await app.post(path, json={"code": code}, headers=AUTH)
-    assert resp.status == 200, await resp.text()
-    assert (await resp.json())["valid"] is True
+    verification_id, code = await started(app)
+    assert (await checked(app, verification_id, wrong(code)))["valid"] is False
+    assert (await checked(app, verification_id, code))["valid"] is True
 
     # The state went to the TLS server, under this test's prefix.
     assert [k async for k in tls_client.scan_iter(match=prefix + "*")]
@@ -247,11 +235,7 @@ async def test_a_client_that_does_not_trust_the_ca_gets_503_not_500(
             await client.ping()
 
         app = await aiohttp_client(create_app(make_settings(prefix), redis=client))
-        resp = await app.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
-        assert resp.status == 503, await resp.text()
-        assert resp.content_type == "application/problem+json"
-        assert (await resp.json(content_type=None))["code"] == "store_unavailable"
-        assert int(resp.headers["Retry-After"]) >= 1
+        await problem(await start(app), 503, "store_unavailable")
 
         resp = await app.get("/readyz")
         assert resp.status == 503, await resp.text()

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import AUTH, OTHER, PHONE, Backend, Clock, make_settings
 from fake_newtel import FakeNewTel
+from helpers import check, check_by_phone, newtel_pin, start, wrong
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
@@ -32,30 +33,8 @@ THIRD_PHONE = "79035675126"
 IP = "203.0.113.7"
 FIRST_CALL_ID = "2096093321622464437"  # the fake numbers its calls from here
 TAG = re.compile(r"\{([^}]*)\}")
-
-
-@pytest.fixture(autouse=True)
-def whole_seconds(clock: Clock) -> None:
-    """Start the clock on a whole second, so windows and Retry-After compare exactly."""
-    clock.now = float(int(clock.now))
-
-
-async def start(client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any):
-    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
-
-
-async def check(client: Any, verification_id: str, code: str) -> Any:
-    return await client.post(
-        f"/v1/verifications/{verification_id}/check", json={"code": code}, headers=AUTH
-    )
-
-
-def pin(fake: FakeNewTel) -> str:
-    return str(fake.calls_placed()[-1].json["pin"])
-
-
-def wrong(code: str) -> str:
-    return "".join(str((int(d) + 1) % 10) for d in code)
+# Windows and Retry-After compare exactly on whole seconds.
+pytestmark = pytest.mark.usefixtures("whole_seconds")
 
 
 async def full_flow(client: Any, fake: FakeNewTel, clock: Clock) -> None:
@@ -69,7 +48,7 @@ async def full_flow(client: Any, fake: FakeNewTel, clock: Clock) -> None:
     first = await start(client, ip=IP)
     assert first.status == 201, await first.text()
     vid = (await first.json())["id"]
-    code = pin(fake)
+    code = newtel_pin(fake)
 
     # check.lua: a wrong code (the right one, twice, follows the resend below)
     wrong_try = await check(client, vid, wrong(code))
@@ -89,7 +68,7 @@ async def full_flow(client: Any, fake: FakeNewTel, clock: Clock) -> None:
     resent = await client.post(f"/v1/verifications/{vid}/resend", headers=AUTH)
     assert resent.status == 200, await resent.text()
     assert (await resent.json())["sends_left"] == 1
-    new_code = pin(fake)
+    new_code = newtel_pin(fake)
 
     # check.lua: the latest call's code approves, once
     right = await check(client, vid, new_code)
@@ -109,9 +88,7 @@ async def full_flow(client: Any, fake: FakeNewTel, clock: Clock) -> None:
     assert second_id != vid
 
     # check by phone: the client's pending id (a GET on the phone's tag)
-    by_phone = await client.post(
-        "/v1/verifications/check", json={"phone": PHONE, "code": wrong(pin(fake))}, headers=AUTH
-    )
+    by_phone = await check_by_phone(client, wrong(newtel_pin(fake)))
     assert (await by_phone.json())["id"] == second_id
 
     # starting again after the cooldown resends the pending one: reserve.lua finds it through
@@ -126,7 +103,7 @@ async def full_flow(client: Any, fake: FakeNewTel, clock: Clock) -> None:
     canceled = await client.delete(f"/v1/verifications/{second_id}", headers=AUTH)
     assert canceled.status == 200
     assert (await canceled.json())["status"] == "canceled"
-    gone = await check(client, second_id, pin(fake))
+    gone = await check(client, second_id, newtel_pin(fake))
     assert (await gone.json())["valid"] is False
 
     # rate limits (window.lua and reserve.lua refusing): the phone window holds 4 calls (two

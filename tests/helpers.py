@@ -1,4 +1,5 @@
-"""Helpers for the reliability suite: a Redis of its own, the service on a real port, waits.
+"""The helpers every test module shares: the API's calls, the sandbox's codes, problem
+documents, wrong codes, metrics, and servers of a test's own (a Redis, the service on a port).
 
 Nothing here touches the shared Redis: `OwnRedis` starts a throw-away `redis-server` on a
 free port (no persistence) that a test may stop, freeze and restart at will.
@@ -20,24 +21,147 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
+from conftest import AUTH, PHONE
+from fake_newtel import STATUS_METHOD, FakeNewTel
 
 ROOT = Path(__file__).resolve().parent.parent
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
+# Tests that compare the real Redis with the embedded store only, whatever BACKENDS holds.
+STORES = pytest.mark.parametrize("backend", ["redis", "embedded"], indirect=True)
 # `python -m service` in newtel mode refuses short keys and secrets (settings.startup_problem).
 PRODUCTION_KEY = "k3y-0f-the-shop-0123456789abcdef"  # 32 characters
 PRODUCTION_SECRET = "0123456789abcdef0123456789abcdef"  # 32 bytes
 PRODUCTION_AUTH = {"Authorization": f"Bearer {PRODUCTION_KEY}"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The API ------------------------------------------------------------------------------------
 
 
-def digits_present(needle: str, text: str) -> bool:
-    """`needle` as a whole token in `text`: not a piece of a longer number, hex or id."""
-    return re.search(rf"(?<![0-9A-Za-z]){re.escape(needle)}(?![0-9A-Za-z])", text) is not None
+async def start(
+    client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any
+) -> Any:
+    """POST /v1/verifications for `phone`; `body` adds fields (channel, ip, ...)."""
+    return await client.post("/v1/verifications", json={"phone": phone, **body}, headers=headers)
+
+
+async def started(
+    client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH, **body: Any
+) -> tuple[str, str]:
+    """Start a new verification in sandbox mode; its id and the code the sandbox called."""
+    resp = await start(client, phone, headers, **body)
+    assert resp.status == 201, await resp.text()
+    verification_id = (await resp.json())["id"]
+    return verification_id, await sandbox_code(client, phone, headers)
+
+
+async def check(
+    client: Any, verification_id: str, code: str, headers: dict[str, str] = AUTH
+) -> Any:
+    return await client.post(
+        f"/v1/verifications/{verification_id}/check", json={"code": code}, headers=headers
+    )
+
+
+async def checked(
+    client: Any, verification_id: str, code: str, headers: dict[str, str] = AUTH
+) -> dict[str, Any]:
+    """Check a code that must be answered 200; the answer's body."""
+    resp = await check(client, verification_id, code, headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()  # type: ignore[no-any-return]
+
+
+async def check_by_phone(
+    client: Any, code: str, phone: str = PHONE, headers: dict[str, str] = AUTH
+) -> Any:
+    return await client.post(
+        "/v1/verifications/check", json={"phone": phone, "code": code}, headers=headers
+    )
+
+
+async def resend(
+    client: Any, verification_id: str, headers: dict[str, str] = AUTH, **body: Any
+) -> Any:
+    return await client.post(
+        f"/v1/verifications/{verification_id}/resend", json=body, headers=headers
+    )
+
+
+async def sandbox_codes(
+    client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH
+) -> list[str]:
+    """The codes the sandbox "called" `phone` with (GET /v1/sandbox/calls), newest first."""
+    resp = await client.get("/v1/sandbox/calls", params={"phone": phone}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return [str(call["code"]) for call in (await resp.json())["calls"]]
+
+
+async def sandbox_code(client: Any, phone: str = PHONE, headers: dict[str, str] = AUTH) -> str:
+    """The code of the sandbox's latest call to `phone`: the one that counts."""
+    return (await sandbox_codes(client, phone, headers))[0]
+
+
+async def problem(
+    resp: Any, status: int, code: str, *, retry_after: int | None = None
+) -> dict[str, Any]:
+    """Assert `resp` is the contract's problem document for `status` / `code`, and return it.
+    429 and 503 carry a Retry-After of at least a second (exactly `retry_after` if given)."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    body: dict[str, Any] = await resp.json(content_type=None)
+    assert body.keys() >= PROBLEM_FIELDS
+    assert (body["status"], body["code"]) == (status, code), body
+    assert all(isinstance(body[f], str) for f in ("type", "title", "detail"))
+    assert body["type"]
+    assert body["title"]
+    if status in (429, 503):
+        assert int(resp.headers["Retry-After"]) >= 1
+    if retry_after is not None:
+        assert int(resp.headers["Retry-After"]) == retry_after
+    return body
+
+
+async def metrics_text(client: Any) -> str:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return await resp.text()  # type: ignore[no-any-return]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        base, _, rest = sample.partition("{")
+        got = ",".join(sorted(p for p in rest.rstrip("}").split(",") if p))
+        if base == name and got == want:
+            return float(value)
+    return 0.0
+
+
+# Codes and phones ---------------------------------------------------------------------------
+
+
+def wrong(code: str, nth: int = 1) -> str:
+    """A code of the same length that is not `code`; for nth in 1..10**len - 1, each nth
+    gives another one."""
+    width = len(code)
+    assert 0 < nth < 10**width, nth
+    return f"{(int(code) + nth) % 10**width:0{width}d}"
+
+
+def newtel_pin(fake: FakeNewTel) -> str:
+    """The pin of the latest flash call the fake New-Tel received."""
+    return str(fake.calls_placed()[-1].json["pin"])
+
+
+def status_requests(fake: FakeNewTel) -> list[Any]:
+    """The call-status requests the fake New-Tel received, oldest first."""
+    return [r for r in fake.requests if r.method == STATUS_METHOD]
 
 
 def spoken_code(text: str) -> str:
@@ -45,6 +169,42 @@ def spoken_code(text: str) -> str:
     match = re.search(r"\d(?: \d)+", text)
     assert match is not None, text
     return match.group(0).replace(" ", "")
+
+
+def digits_present(needle: str, text: str, *, inside_words: bool = False) -> bool:
+    """`needle` as a whole number in `text`, not a piece of a longer number. Nor, unless
+    `inside_words`, a piece of a word, hex string or id, where digits show up by chance."""
+    edge = r"\d" if inside_words else r"[0-9A-Za-z]"
+    return re.search(rf"(?<!{edge}){re.escape(needle)}(?!{edge})", text) is not None
+
+
+def phones(count: int, base: int = 79035670000) -> Iterable[str]:
+    """Distinct valid Russian mobile numbers."""
+    return (str(base + i) for i in range(count))
+
+
+# Ports, processes, waits --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (closed again on return)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(predicate: Callable[[], Any], timeout_s: float = 5.0) -> None:
+    """Poll a sync or async predicate until it is truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
 
 
 class OwnRedis:
@@ -203,22 +363,3 @@ async def start_service_process(env: dict[str, str], port: int) -> asyncio.subpr
     proc.kill()
     await proc.wait()
     raise AssertionError("the service did not start")
-
-
-async def eventually(predicate: Callable[[], Any], timeout_s: float = 5.0) -> None:
-    """Poll a sync or async predicate until it is truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def phones(count: int, base: int = 79035670000) -> Iterable[str]:
-    """Distinct valid Russian mobile numbers."""
-    return (str(base + i) for i in range(count))
