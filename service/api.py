@@ -25,6 +25,7 @@ from service.errors import (
     MalformedJson,
     NotFound,
     RequestTimeout,
+    StoreUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -34,7 +35,7 @@ from service.settings import Settings
 from service.verification import CheckResult, Verification, Verifier
 
 M = TypeVar("M", bound=BaseModel)
-Channel = Literal["flash_call", "voice_call"]
+Channel = Literal["flash_call", "voice_call", "inbound_call"]
 Code = Annotated[str, Field(pattern=r"^[0-9]{4,8}$", description="the digits the user typed")]
 Phone = Annotated[str, Field(min_length=1, max_length=32, examples=["+7 (903) 567-51-24"])]
 
@@ -79,17 +80,24 @@ class CallOut(BaseModel):
     status: str = Field(description="New-Tel's word for the call, or `unknown`")
 
 
+class InboundOut(BaseModel):
+    call_to: str = Field(description="the number the user calls from the phone being verified")
+    qr_code_uri: str | None = Field(description="a QR code of that number, when New-Tel has one")
+    call_before: datetime = Field(description="New-Tel stops waiting for the call then")
+
+
 class VerificationOut(BaseModel):
     id: str
     phone: str = Field(description="E.164 digits without +")
     channel: Channel
     status: Literal["pending", "approved", "canceled", "max_checks_reached"]
-    code_length: int
+    code_length: int | None = Field(description="null while the latest call is inbound")
     expires_at: datetime
     checks_left: int
     sends_left: int
     resend_after: datetime
     calls: list[CallOut] | None = None
+    inbound: InboundOut | None = Field(None, description="only while the latest call is inbound")
 
 
 class CheckOut(BaseModel):
@@ -102,10 +110,30 @@ class CheckOut(BaseModel):
 class SandboxCallOut(BaseModel):
     verification_id: str | None
     channel: Channel
-    code: str
+    code: str | None = Field(description="null for an inbound call")
     placed_at: datetime
     caller: str | None = Field(None, description="flash call: the number that rings")
     text: str | None = Field(None, description="voice call: what the robot says")
+    call_to: str | None = Field(None, description="inbound call: the number the user calls")
+
+
+class SandboxInboundCallRequest(_Body):
+    phone: Phone
+
+
+class CallbackRequest(BaseModel):
+    """What New-Tel POSTs when the user calls (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    callId: str | int = Field(description="New-Tel's id of the call it waited for")
+    clientNumber: str | int | None = Field(
+        None, description="the number that called; when given it must be the phone verified"
+    )
+
+
+class CallbackOut(BaseModel):
+    status: Literal["ok"]
 
 
 class SandboxCallsOut(BaseModel):
@@ -168,8 +196,8 @@ def _refuse_repeated_keys(raw: bytes) -> None:
         raise MalformedJson("the body is nested too deeply") from None
 
 
-async def _body(request: web.Request) -> bytes:
-    if request.body_exists and request.content_type != "application/json":
+async def _body(request: web.Request, *, json_only: bool = True) -> bytes:
+    if json_only and request.body_exists and request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
     if request.content.is_eof():  # the body came with the headers: skip the timer (~8 µs)
         return await request.read()
@@ -217,9 +245,7 @@ def json_response(
 
 
 def _verification(v: Verification, *, with_calls: bool) -> Any:
-    if with_calls:
-        return v  # orjson renders a dataclass as the object of its fields, in their order
-    return {
+    out: dict[str, Any] = {
         "id": v.id,
         "phone": v.phone,
         "channel": v.channel,
@@ -230,6 +256,11 @@ def _verification(v: Verification, *, with_calls: bool) -> Any:
         "sends_left": v.sends_left,
         "resend_after": v.resend_after,
     }
+    if with_calls:
+        out["calls"] = v.calls  # orjson renders each dataclass as the object of its fields
+    if v.inbound is not None:
+        out["inbound"] = v.inbound
+    return out
 
 
 def _check(result: CheckResult) -> dict[str, Any]:
@@ -314,11 +345,57 @@ async def sandbox_calls(request: web.Request) -> web.Response:
                     "placed_at": datetime.fromtimestamp(c.placed_at, UTC),
                     "caller": c.caller,
                     "text": c.text,
+                    "call_to": c.call_to,
                 }
                 for c in calls
             ]
         }
     )
+
+
+async def sandbox_inbound_call(request: web.Request) -> web.Response:
+    client = _client(request)
+    if request.app[SANDBOX] is None:
+        raise NotFound("no such route")
+    body = await _parse(request, SandboxInboundCallRequest)
+    verification = await request.app[VERIFIER].inbound.play_in_sandbox(client, body.phone)
+    return json_response(_verification(verification, with_calls=True))
+
+
+def _scalar(value: object) -> str | None:
+    """A JSON string or integer as text; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
+
+
+# New-Tel cannot retry faster than this matters, but a slow answer makes it retry at all.
+_CALLBACK_TIMEOUT_S = 1.0
+
+
+async def newtel_callback(request: web.Request) -> web.Response:
+    """New-Tel's callback for an inbound call; no Bearer key (New-Tel cannot send one): the
+    token in the path is the credential, and every refusal is the same 404."""
+    raw = await _body(request, json_only=False)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise MalformedJson("the body is not a JSON object")
+    call_id, number = _scalar(data.get("callId")), data.get("clientNumber")
+    try:
+        async with asyncio.timeout(_CALLBACK_TIMEOUT_S):
+            outcome = await request.app[VERIFIER].inbound.callback(
+                request.match_info["token"],
+                call_id or "",
+                None if number is None else _scalar(number) or "-",
+            )
+    except TimeoutError:
+        raise StoreUnavailable("the store did not answer in time") from None
+    if outcome == "rejected":
+        raise NotFound("no such callback")
+    return json_response({"status": "ok"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -334,7 +411,9 @@ def routes(*, sandbox: bool) -> list[web.RouteDef]:
         web.post("/v1/verifications/{id}/check", check),
         web.post("/v1/verifications/{id}/resend", resend),
         web.get("/healthz", healthz),
+        web.post("/callbacks/newtel/{token}", newtel_callback),
     ]
     if sandbox:
         table.append(web.get("/v1/sandbox/calls", sandbox_calls))
+        table.append(web.post("/v1/sandbox/inbound-calls", sandbox_inbound_call))
     return table

@@ -74,6 +74,7 @@ def _newtel(settings: Settings) -> NewTelClient:
         flash_method=settings.newtel_flash_method,
         voice_method=settings.newtel_voice_method,
         status_method=settings.newtel_status_method,
+        inbound_method=settings.newtel_inbound_method,
         timeout_s=settings.newtel_timeout_s,
         call_timeout_s=settings.call_timeout_s,
     )

@@ -214,6 +214,13 @@ class GuardedProvider:
             "voice_call", lambda: self.inner.voice_call(phone, code, text), self.breaker
         )
 
+    async def inbound_call(self, phone: str, callback_link: str, timeout_s: int) -> PlacedCall:
+        return await self._call(
+            "inbound_call",
+            lambda: self.inner.inbound_call(phone, callback_link, timeout_s),
+            self.breaker,
+        )
+
     async def call_status(self, call_id: str) -> str | None:
         return await self._call(
             "call_status",

@@ -57,6 +57,10 @@ class IdempotencyKeyReused(ServiceError):
     status, code, title = 422, "idempotency_key_reused", "Idempotency-Key reused"
 
 
+class ChannelHasNoCode(ServiceError):
+    status, code, title = 409, "channel_has_no_code", "The channel has no code"
+
+
 class PayloadTooLarge(ServiceError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 

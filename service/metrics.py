@@ -50,6 +50,18 @@ class Metrics:
             ["client", "channel", "outcome"],
             registry=r,
         )
+        self.approvals = Counter(
+            "callauth_approvals_total",
+            "Verifications approved, by the channel of the call that approved them",
+            ["client", "channel"],
+            registry=r,
+        )
+        self.inbound_callbacks = Counter(
+            "callauth_inbound_callbacks_total",
+            "New-Tel's callbacks for inbound calls by outcome (approved, duplicate, rejected)",
+            ["outcome"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "callauth_rate_limited_total",
             "Starts refused by a limit",

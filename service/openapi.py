@@ -16,7 +16,7 @@ _ERRORS = {
     401: ["unauthorized"],
     404: ["not_found"],
     408: ["request_timeout"],
-    409: ["max_checks_reached", "idempotency_in_progress"],
+    409: ["max_checks_reached", "idempotency_in_progress", "channel_has_no_code"],
     413: ["payload_too_large"],
     415: ["unsupported_media_type"],
     422: [
@@ -24,6 +24,7 @@ _ERRORS = {
         "invalid_phone",
         "country_not_allowed",
         "number_not_allowed",
+        "channel_not_allowed",
         "number_unreachable",
         "idempotency_key_reused",
     ],
@@ -49,14 +50,19 @@ _PROBLEM = {
         },
     },
 }
-_MODELS: list[type[BaseModel]] = [
+_REQUESTS: list[type[BaseModel]] = [
     api.StartRequest,
     api.ResendRequest,
     api.CheckRequest,
     api.CheckByPhoneRequest,
+    api.CallbackRequest,
+    api.SandboxInboundCallRequest,
+]
+_ANSWERS: list[type[BaseModel]] = [
     api.VerificationOut,
     api.CheckOut,
     api.SandboxCallsOut,
+    api.CallbackOut,
 ]
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
 
@@ -129,7 +135,7 @@ _BODY_ERRORS = [400, 408, 413, 415, 422, 503]
 def document(sandbox: bool) -> dict[str, Any]:
     """The document for this mode: the sandbox route exists only in sandbox mode."""
     _, defs = models_json_schema(
-        [(m, "validation") for m in _MODELS[:4]] + [(m, "serialization") for m in _MODELS[4:]],
+        [(m, "validation") for m in _REQUESTS] + [(m, "serialization") for m in _ANSWERS],
         ref_template="#/components/schemas/{model}",
     )
     schemas = {**_standard_formats(defs.get("$defs", {})), "Problem": _PROBLEM}
@@ -196,6 +202,19 @@ def document(sandbox: bool) -> dict[str, Any]:
                 params=[_ID],
             )
         },
+        "/callbacks/newtel/{token}": {
+            "post": _op(
+                "New-Tel's callback when the user of an inbound-call verification calls: the "
+                "token in the path is the only credential; every refusal is the same 404",
+                {200: _json(_ref(api.CallbackOut), "approved, or a repeat of an accepted one")},
+                [400, 404, 413, 503],
+                api.CallbackRequest,
+                auth=False,
+                params=[
+                    {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            )
+        },
         "/healthz": {
             "get": _op("Liveness", {200: _json({"type": "object"}, "alive")}, [], auth=False)
         },
@@ -238,12 +257,22 @@ def document(sandbox: bool) -> dict[str, Any]:
                 ],
             )
         }
+        paths["/v1/sandbox/inbound-calls"] = {
+            "post": _op(
+                "Play the user's call for the client's pending inbound-call verification of a "
+                "phone (sandbox mode only)",
+                {200: _json(verification, "approved")},
+                [*_BODY_ERRORS, 404],
+                api.SandboxInboundCallRequest,
+            )
+        }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "callauth",
             "version": "1.0.0",
-            "description": "Flash-call and voice-call phone verification over New-Tel.",
+            "description": "Flash-call, voice-call and inbound-call phone verification over "
+            "New-Tel.",
         },
         "paths": paths,
         "components": {
@@ -254,5 +283,5 @@ def document(sandbox: bool) -> dict[str, Any]:
 
 
 async def handler(request: web.Request) -> web.Response:
-    sandbox = request.app[api.VERIFIER].sandbox is not None
+    sandbox = request.app[api.SANDBOX] is not None
     return api.json_response(document(sandbox))

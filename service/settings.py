@@ -13,6 +13,7 @@ import phonenumbers
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+CHANNELS = ("flash_call", "voice_call", "inbound_call")
 DEFAULT_VOICE_TEXT = "Ваш код подтверждения: {code}. Повторяю: {code}."
 
 
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
     newtel_flash_method: str = "call/start-password-call"
     newtel_voice_method: str = "call/start-voice-password-call"
     newtel_status_method: str = "call-password/get-password-call-status"
+    newtel_inbound_method: str = "call-verification/start-inbound-call-waiting"
+    inbound_timeout_s: int = Field(60, ge=30, le=120)
+    channels: Annotated[frozenset[str], NoDecode] = frozenset(CHANNELS)
     newtel_timeout_s: float = Field(10.0, gt=0, le=120)
     call_timeout_s: int = Field(20, ge=20, le=99)
     api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
@@ -152,6 +156,17 @@ class Settings(BaseSettings):
                 f"known: {', '.join(sorted(NUMBER_TYPES))}"
             )
         return types
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels(cls, value: object) -> frozenset[str]:
+        channels = frozenset(item.lower() for item in _split(value))
+        unknown = sorted(channels - set(CHANNELS))
+        if not channels or unknown:
+            raise ValueError(
+                f"unknown channel {', '.join(unknown) or '(none)'}; known: {', '.join(CHANNELS)}"
+            )
+        return channels
 
     @field_validator("denied_prefixes", mode="before")
     @classmethod
@@ -352,6 +367,12 @@ def startup_problem(settings: Settings) -> tuple[str, str] | None:
         url = getattr(settings, field)
         if url is not None and (why := _url_problem(url)) is not None:
             return variable(field), why
+    if "inbound_call" in settings.channels and not settings.public_url:
+        return (
+            "CALLAUTH_PUBLIC_URL",
+            "unset while the inbound_call channel is enabled: New-Tel calls back there "
+            "(set it, or leave inbound_call out of CALLAUTH_CHANNELS)",
+        )
     return None
 
 

@@ -11,7 +11,9 @@ dataclasses below.
     verification  [client, status, code_length, checks_left, sends, expires_at ms,
                    [calls, oldest first], code hash]
     call          [channel's initial, placed_at ms, New-Tel's call id, New-Tel's word for it,
-                   when New-Tel was asked (s)]  (the last two once it has been asked)
+                   when New-Tel was asked (s)]  (the last two once it has been asked), and for
+                  an inbound call, after those, [the number to call, the QR code's URI ('' if
+                  none), when New-Tel stops waiting (ms)]
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from service.settings import Limit
 PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES = range(5)
 CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE = range(8)
 CALL_CHANNEL, CALL_PLACED_AT, CALL_ID, CALL_STATUS, CALL_CHECKED_AT = range(5)
+CALL_TO, CALL_QR, CALL_BEFORE = range(5, 8)
 
-CHANNELS = {"f": "flash_call", "v": "voice_call"}  # a call's channel by its initial
+# A call's channel by its initial.
+CHANNELS = {"f": "flash_call", "v": "voice_call", "i": "inbound_call"}
 _ID = re.compile(r"vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})")
 _PHONE_KEY = re.compile(r"\{([0-9a-f]{16})\}")
 
@@ -65,16 +69,23 @@ class StoredCall:
     call_id: str  # '' for a test number: no call placed
     status: str  # New-Tel's word for the call, '' while unknown
     checked_at_s: int  # when New-Tel was last asked, 0 never
+    call_to: str = ""  # inbound: the number the user calls
+    qr_code_uri: str = ""  # inbound: New-Tel's QR code of that number, '' if none
+    call_before_ms: int = 0  # inbound: when New-Tel stops waiting for the user's call
 
     @classmethod
     def decode(cls, fields: list[Any]) -> StoredCall:
         asked = len(fields) > CALL_STATUS
+        inbound = len(fields) > CALL_TO
         return cls(
             channel=CHANNELS[fields[CALL_CHANNEL]],
             placed_at_ms=fields[CALL_PLACED_AT],
             call_id=fields[CALL_ID],
             status=fields[CALL_STATUS] if asked else "",
             checked_at_s=fields[CALL_CHECKED_AT] if asked else 0,
+            call_to=fields[CALL_TO] if inbound else "",
+            qr_code_uri=fields[CALL_QR] if inbound else "",
+            call_before_ms=fields[CALL_BEFORE] if inbound else 0,
         )
 
 
@@ -225,11 +236,14 @@ class Commit:
     client: str
     phone: str
     channel: str
-    code_hash: str
+    code_hash: str  # '' for an inbound call: there is no code
     code_length: int
     call_id: str
     ttl_ms: int
     max_checks: int
+    call_to: str = ""  # inbound only, as StoredCall
+    qr_code_uri: str = ""
+    call_before_ms: int = 0
 
 
 class Store(Protocol):
@@ -257,6 +271,10 @@ class Store(Protocol):
     async def cancel(
         self, verification_id: str, client: str, now_ms: int
     ) -> StoredVerification: ...
+
+    async def approve_inbound(
+        self, verification_id: str, placed_at_ms: int, call_id: str, phone: str, now_ms: int
+    ) -> tuple[str, str]: ...
 
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int

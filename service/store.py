@@ -84,7 +84,16 @@ class Store:
         self._keyed = KeyedHash(secret)
         self._scripts = {
             name: redis.register_script(_script(name))
-            for name in ("reserve", "window", "release", "commit", "check", "cancel", "call_status")
+            for name in (
+                "reserve",
+                "window",
+                "release",
+                "commit",
+                "check",
+                "cancel",
+                "call_status",
+                "callback",
+            )
         }
 
     def _op(self, name: str) -> _Op:
@@ -142,18 +151,20 @@ class Store:
         resent = self._located(verification_id)[1] if verification_id else ""
         windows = self._windows(client, limits)
         # On one Redis the phone's script takes every window too, all or nothing. A Cluster
-        # keeps the IP's and the client's windows in other slots: a script each, in the same
-        # round trip, and what a refused start took alone is given back.
+        # keeps the IP's and the client's windows in other slots: the phone's script first,
+        # then a script per window only if the phone admits the call, so a start the phone
+        # refuses (a duplicate, the cooldown) never holds another start's place in them.
         with_phone, alone = ([], windows) if self.cluster else (windows, [])
         with self._op("reserve"):
-            reply, *waits = await asyncio.gather(
-                self._reserve_phone(tag, client, resent, now_ms, limits, with_phone),
-                *(self._take(window, now_ms) for window in alone),
-            )
-        # reserve.lua's answer: an outcome, then the id's part or a wait, then which limit.
-        outcome, value, refusing = (*reply, "")[:3]
+            reply = await self._reserve_phone(tag, client, resent, now_ms, limits, with_phone)
+            # reserve.lua's answer: an outcome, then the id's part or a wait, then which limit.
+            outcome, value, refusing = (*reply, "")[:3]
+            admitted = outcome == "ok"
+            # A refusal's Retry-After still waits for the windows: asked, not taken.
+            mode = "take" if admitted else "peek" if outcome == "rate_limited" else ""
+            waits = [int(w) for w in await self._windows_alone(alone, now_ms, mode)]
         # An explicit resend knows its id; otherwise the script names the pending one, if any.
-        is_new = outcome == "ok" and not value and not verification_id
+        is_new = admitted and not value and not verification_id
         reservation = Reservation(
             tag=tag,
             at_ms=now_ms,
@@ -163,12 +174,25 @@ class Store:
             with_phone=tuple(with_phone),
             alone=tuple(alone),
         )
-        waits = [int(w) for w in waits]
-        if outcome == "ok" and not any(waits):
+        if admitted and not any(waits):
             return reservation
-        if alone:
-            await self._give_back(reservation, took_phone=outcome == "ok", alone_waits=waits)
-        raise _refusal(outcome, value, refusing, alone, waits)
+        if admitted:
+            await self._give_back(reservation, took_phone=True, alone_waits=waits)
+        raise _refusal(outcome, value, refusing, alone if waits else [], waits)
+
+    async def _windows_alone(self, windows: list[Window], now_ms: int, mode: str) -> list[Any]:
+        """Each window's wait, taking a call from those that admit it when `mode` is 'take'
+        (a Cluster: a script each); nothing at all when `mode` is ''."""
+        if not windows or not mode:
+            return []
+        return list(
+            await asyncio.gather(
+                *(
+                    self._scripts["window"](keys=[w.key], args=[now_ms, w.window_ms, w.count, mode])
+                    for w in windows
+                )
+            )
+        )
 
     def new_id(self, tag: str) -> str:
         return make_id(tag, secrets.token_urlsafe(12))
@@ -195,11 +219,6 @@ class Store:
         }
         return self._scripts["reserve"](  # type: ignore[no-any-return]
             keys=[self.phone_key(tag), *(w.key for w in windows)], args=[orjson.dumps(args)]
-        )
-
-    def _take(self, window: Window, now_ms: int) -> Awaitable[Any]:
-        return self._scripts["window"](  # type: ignore[no-any-return]
-            keys=[window.key], args=[now_ms, window.window_ms, window.count, "take"]
         )
 
     async def release(self, reservation: Reservation) -> None:
@@ -248,6 +267,12 @@ class Store:
             "ttl": call.ttl_ms,
             "max_checks": call.max_checks,
         }
+        if call.call_to:
+            args |= {
+                "call_to": call.call_to,
+                "qr_code_uri": call.qr_code_uri,
+                "call_before": call.call_before_ms,
+            }
         with self._op("commit"):
             raw = await self._scripts["commit"](
                 keys=[self.phone_key(r.tag)], args=[orjson.dumps(args)]
@@ -301,6 +326,19 @@ class Store:
         if not raw:
             raise NotFound("no such verification")
         return _public(verification_id, raw)
+
+    async def approve_inbound(
+        self, verification_id: str, placed_at_ms: int, call_id: str, phone: str, now_ms: int
+    ) -> tuple[str, str]:
+        """Approve on New-Tel's callback for the inbound call placed at `placed_at_ms`:
+        ('approved', 'duplicate' or 'rejected', the verification's client); lua/callback.lua
+        says when."""
+        key, part = self._located(verification_id)
+        with self._op("callback"):
+            outcome, client = await self._scripts["callback"](
+                keys=[key], args=[part, placed_at_ms, call_id, phone, now_ms]
+            )
+        return str(outcome), str(client)
 
     async def set_call_status(
         self, verification_id: str, index: int, status: str, now_ms: int

@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import ipaddress
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from service.errors import (
+    ChannelHasNoCode,
+    ChannelNotAllowed,
     CountryNotAllowed,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    InvalidPhone,
     InvalidRequest,
     MaxChecksReached,
     NotFound,
@@ -70,6 +74,16 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Inbound:
+    """What the user of an inbound-call verification does: call `call_to` before
+    `call_before`."""
+
+    call_to: str
+    qr_code_uri: str | None
+    call_before: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Verification:
     """A verification as callers see it: never the code."""
 
@@ -77,12 +91,13 @@ class Verification:
     phone: str
     channel: str
     status: str
-    code_length: int
+    code_length: int | None  # None while the latest call is inbound: there is no code
     expires_at: datetime
     checks_left: int
     sends_left: int
     resend_after: datetime
     calls: list[Call] = field(default_factory=list)
+    inbound: Inbound | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +135,10 @@ class Verifier:
         self.sandbox = sandbox
         self._keyed = KeyedHash(secret)
         self._clock = clock
+        # Where New-Tel calls back; the sandbox never does, so any local address will do.
+        public = settings.public_url or f"http://{settings.host}:{settings.port}"
+        self._public_url = public.rstrip("/")
+        self.inbound = InboundCalls(self)
 
     def _count(self, counter: Any, *labels: str) -> None:
         self.metrics.child(counter, *labels).inc()
@@ -134,12 +153,16 @@ class Verifier:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def view(self, v: StoredVerification) -> Verification:
+        last = v.calls[-1]
+        inbound = None
+        if last.channel == "inbound_call":
+            inbound = Inbound(last.call_to, last.qr_code_uri or None, _utc(last.call_before_ms))
         return Verification(
             id=v.id,
             phone=v.phone,
             channel=v.channel,
             status=v.status,
-            code_length=v.code_length,
+            code_length=None if inbound else v.code_length,
             expires_at=_utc(v.expires_at_ms),
             checks_left=v.checks_left,
             sends_left=max(0, self.settings.max_sends - v.sends),
@@ -149,6 +172,7 @@ class Verifier:
                 Call(call.channel, _utc(call.placed_at_ms), call.status or "unknown")
                 for call in v.calls
             ],
+            inbound=inbound,
         )
 
     # Start and resend ---------------------------------------------------------------------
@@ -167,6 +191,7 @@ class Verifier:
         if phone.region not in s.allowed_countries:
             raise CountryNotAllowed(f"numbers of region {phone.region or '??'} are not served")
         digits = phone.e164_digits
+        self._refuse_unless_offered(channel, digits)
         # A test number places no call, so it costs nothing whatever its kind.
         if digits not in s.test_numbers:
             self._refuse_unless_callable(phone)
@@ -193,6 +218,13 @@ class Verifier:
         await self.store.idempotency_store(client, idempotency_key, answer, ttl_ms)
         return verification, created
 
+    def _refuse_unless_offered(self, channel: Channel, phone: str) -> None:
+        if channel not in self.settings.channels:
+            raise ChannelNotAllowed(f"the {channel} channel is not offered")
+        if channel == "inbound_call" and phone in self.settings.test_numbers:
+            # A test number's fixed code is typed in: it takes the channels that have a code.
+            raise ChannelNotAllowed("test numbers take flash_call or voice_call")
+
     def _refuse_unless_callable(self, phone: Phone) -> None:
         """Toll fraud: premium-rate, toll-free and other costly kinds of number, and denied
         prefixes, are never called."""
@@ -205,6 +237,23 @@ class Verifier:
             detail = f"{reason.replace('_', ' ')} numbers are not called"
         self._count(self.metrics.numbers_refused, reason)
         raise NumberNotAllowed(detail)
+
+    def _callback_token(self, verification_id: str, placed_at_ms: int) -> str:
+        call = f"{verification_id}.{placed_at_ms}"
+        mac = self._keyed(f"callback:{call}".encode())[:16]
+        return f"{call}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+    def _callback_call(self, token: str) -> tuple[str, int] | None:
+        """The verification and call a callback token was made for, or None if it is not one
+        of ours (compared in constant time)."""
+        verification_id, _, rest = token.partition(".")
+        placed_at, _, _ = rest.partition(".")
+        if not placed_at.isascii() or not placed_at.isdigit() or len(placed_at) > 15:
+            return None
+        expected = self._callback_token(verification_id, int(placed_at))
+        if not hmac.compare_digest(expected.encode(), token.encode()):
+            return None
+        return verification_id, int(placed_at)
 
     def _fingerprint(self, request: str) -> str:
         return base64.urlsafe_b64encode(self._keyed(request.encode())[:16]).decode().rstrip("=")
@@ -252,7 +301,8 @@ class Verifier:
         v = await self.store.get(verification_id, client, self._now_ms())
         if v.status != "pending":
             raise NotFound("the verification is no longer pending")
-        chosen: Channel = channel or ("voice_call" if v.channel == "voice_call" else "flash_call")
+        chosen = cast(Channel, channel or v.channel)
+        self._refuse_unless_offered(chosen, v.phone)
         verification, _ = await self._send(client, v.phone, chosen, (), verification_id)
         return verification
 
@@ -301,7 +351,7 @@ class Verifier:
         tag = self.store.phone_tag(phone)
         reservation = await self.store.reserve(tag, client, verification_id, self._now_ms(), limits)
         try:
-            placed = await self._place(phone, channel, test_code)
+            placed = await self._place(phone, channel, test_code, reservation)
         except ServiceError as exc:
             # Only a call that certainly did not ring gives its limits back: after a timeout
             # or a 5xx it may have rung, and a slow New-Tel must not mean uncounted calls.
@@ -316,9 +366,15 @@ class Verifier:
             raise
         return await self._commit(client, phone, channel, reservation, placed)
 
-    async def _place(self, phone: str, channel: Channel, test_code: str | None) -> PlacedCall:
+    async def _place(
+        self, phone: str, channel: Channel, test_code: str | None, reservation: Reservation
+    ) -> PlacedCall:
         if test_code is not None:
             return PlacedCall(call_id="", code=test_code)
+        if channel == "inbound_call":
+            token = self._callback_token(reservation.id, reservation.at_ms)
+            link = f"{self._public_url}/callbacks/newtel/{token}"
+            return await self.provider.inbound_call(phone, link, self.settings.inbound_timeout_s)
         if channel == "voice_call":
             code = random_digits(self.settings.code_length)
             text = self.settings.voice_text.replace("{code}", " ".join(code))
@@ -339,15 +395,20 @@ class Verifier:
         reservation: Reservation,
         placed: PlacedCall,
     ) -> tuple[Verification, bool]:
+        inbound = channel == "inbound_call"
         call = Commit(
             client=client,
             phone=phone,
             channel=channel,
-            code_hash=self._hash(reservation.id, placed.code),
+            # An inbound call has no code: only its callback approves.
+            code_hash="" if inbound else self._hash(reservation.id, placed.code),
             code_length=len(placed.code),
             call_id=placed.call_id,
             ttl_ms=self.settings.code_ttl_s * 1000,
             max_checks=self.settings.max_checks,
+            call_to=placed.call_to if inbound else "",
+            qr_code_uri=(placed.qr_code_uri or "") if inbound else "",
+            call_before_ms=reservation.at_ms + self.settings.inbound_timeout_s * 1000,
         )
         stored = await self.store.commit(reservation, call)
         if self.sandbox is not None:
@@ -381,6 +442,10 @@ class Verifier:
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
             raise MaxChecksReached("too many wrong codes; start a new verification")
+        if outcome == "no_code":
+            raise ChannelHasNoCode("the latest call is inbound: it approves by the user's call")
+        if outcome == "approved":
+            self._count(self.metrics.approvals, client, checked.channel)
         checks_left = None if outcome in ("approved", "spent") else checked.checks_left
         return CheckResult(checked.id, checked.status, outcome == "approved", checks_left)
 
@@ -406,10 +471,14 @@ class Verifier:
         `v`'s calls are updated in place."""
         now_ms = self._now_ms()
         refresh_ms = self.settings.status_refresh_s * 1000
+        # New-Tel's call-status method knows the calls it places, not the ones it waits for.
         due = [
             (index, call)
             for index, call in enumerate(v.calls)
-            if call.call_id and not call.status and now_ms - call.checked_at_s * 1000 >= refresh_ms
+            if call.call_id
+            and call.channel != "inbound_call"
+            and not call.status
+            and now_ms - call.checked_at_s * 1000 >= refresh_ms
         ]
         if not due:
             return
@@ -424,6 +493,62 @@ class Verifier:
                 status = None
             call.status, call.checked_at_s = (status or "")[:20], now_ms // 1000
             await self.store.set_call_status(v.id, index, call.status, now_ms)
+
+
+# Inbound calls ---------------------------------------------------------------------------------
+
+
+class InboundCalls:
+    """New-Tel's callbacks for inbound calls, and the sandbox's stand-in for the user's call.
+
+    The callback link carries the only credential New-Tel can send: a token made per call,
+    `<verification id>.<placed_at ms>.<HMAC under the secret, 128 bits>`, binding the
+    verification and its latest call. Every failure is the same 'rejected'."""
+
+    def __init__(self, verifier: Verifier) -> None:
+        self._verifier = verifier
+
+    async def callback(self, token: str, call_id: str, client_number: str | None) -> str:
+        """'approved', 'duplicate' or 'rejected'; counted, never logged with the token."""
+        outcome = await self._callback(token, call_id, client_number)
+        v = self._verifier
+        v._count(v.metrics.inbound_callbacks, outcome)
+        log.info("inbound callback", outcome=outcome)
+        return outcome
+
+    async def _callback(self, token: str, call_id: str, client_number: str | None) -> str:
+        v = self._verifier
+        bound = v._callback_call(token)
+        if bound is None or not call_id:
+            return "rejected"
+        verification_id, placed_at_ms = bound
+        phone = ""
+        if client_number is not None:
+            try:
+                phone = normalize(client_number).e164_digits
+            except InvalidPhone:
+                return "rejected"
+        outcome, client = await v.store.approve_inbound(
+            verification_id, placed_at_ms, call_id, phone, v._now_ms()
+        )
+        if outcome == "approved":
+            v._count(v.metrics.approvals, client, "inbound_call")
+        return outcome
+
+    async def play_in_sandbox(self, client: str, raw_phone: str) -> Verification:
+        """The user's call, played: approves the client's pending inbound-call verification of
+        `raw_phone`, as New-Tel's callback would."""
+        v = self._verifier
+        phone = normalize(raw_phone).e164_digits
+        verification_id = await v.store.pending_id(v.store.phone_tag(phone), client)
+        stored = await v.store.get(verification_id, client, v._now_ms())
+        last = stored.calls[-1]
+        if stored.status != "pending" or last.channel != "inbound_call":
+            raise NotFound("no pending inbound-call verification for this phone")
+        token = v._callback_token(verification_id, last.placed_at_ms)
+        if await self.callback(token, last.call_id, phone) != "approved":
+            raise NotFound("no pending inbound-call verification for this phone")
+        return v.view(await v.store.get(verification_id, client, v._now_ms()))
 
 
 # NAT64 (RFC 6052): an IPv4 host seen through a carrier's translator, one subscriber each.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 import uuid
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 import topology
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer, unused_port
 from fake_newtel import FakeNewTel
 
 from service import logs
@@ -173,6 +174,19 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture
+def whole_seconds(clock: Clock) -> None:
+    """Start the clock on a whole second, so windows and Retry-After compare exactly."""
+    clock.now = float(int(clock.now))
+
+
+@pytest.fixture
+def slot_aligned(clock: Clock) -> None:
+    """Start the clock on a whole ten minutes, so windows and Retry-After compare exactly: the
+    IP's and the client's windows count in slots of 1/60 of the window (60 s for an hour)."""
+    clock.now = float(-(-int(clock.now) // 600) * 600)
+
+
 def make_settings(prefix: str = "callauth-test:", **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "key_prefix": prefix,
@@ -208,21 +222,28 @@ async def make_app(
                 "newtel_base_url": fake_newtel.base_url,  # type: ignore[attr-defined]
                 "newtel_access_key": fake_newtel.access_key,
                 "newtel_signature_key": fake_newtel.signature_key,
-                "api_keys": "dev:dev,other:other-key",
+                "api_keys": TWO_CLIENTS,
                 **overrides,
             }
+        # The service's own address, for New-Tel's callbacks to reach it: the test server is
+        # started on a port chosen here.
+        port = unused_port()
+        overrides = {"public_url": f"http://127.0.0.1:{port}", **overrides}
         settings = make_settings(backend.prefix, **overrides)
         app = create_app(settings, clock=clock, redis=backend.redis)
-        return await aiohttp_client(app)  # type: ignore[no-any-return]
+        return await aiohttp_client(TestServer(app, port=port))  # type: ignore[no-any-return]
 
     return make
 
 
 class LogCapture:
-    """The JSON lines the service writes, rendered and redacted exactly as in production."""
+    """Everything the service logs, as production would write it: the JSON lines of its structlog
+    configuration (processors, redaction, renderer), and what stdlib logging (aiohttp's own
+    messages) lets through at the level production does (WARNING and up)."""
 
     def __init__(self) -> None:
         self.buffer = io.StringIO()
+        self.stdlib = io.StringIO()
 
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.buffer.getvalue().splitlines()]
@@ -230,15 +251,26 @@ class LogCapture:
     def text(self) -> str:
         return self.buffer.getvalue()
 
+    def stdlib_text(self) -> str:
+        return self.stdlib.getvalue()
+
 
 @pytest.fixture
 def service_logs() -> Iterator[LogCapture]:
+    """The one way tests read logs: see LogCapture."""
     capture = LogCapture()
     logs.configure("debug", "json", stream=capture.buffer, cache=False)
+    handler = logging.StreamHandler(capture.stdlib)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
     yield capture
+    root.removeHandler(handler)
     structlog.reset_defaults()
 
 
 AUTH = {"Authorization": "Bearer dev"}
 OTHER = {"Authorization": "Bearer other-key"}
+TWO_CLIENTS = "dev:dev,other:other-key"  # the clients AUTH and OTHER
 PHONE = "79035675124"

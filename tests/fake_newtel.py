@@ -21,6 +21,10 @@ Call starts answer according to ``fake.mode``:
   "wrong_envelope" HTTP 200, ``{"foo": 1}``
   "no_ids"         HTTP 200, callDetails without callId and pin (both null)
   "hang_up"        reads the request, then closes the connection without an answer
+The inbound method (call-verification/start-inbound-call-waiting) answers per ``mode`` as well,
+with a fresh callId, ``CONFIRMATION_NUMBER`` and ``QR_CODE_URI`` ("no_ids": neither callId nor
+confirmationNumber); ``await fake.call_back()`` then plays the user's call: it POSTs New-Tel's
+callback to the ``callbackLink`` it received (real HTTP into the service).
 The status method answers ``call_statuses.get(callId)`` (null when absent) per ``status_mode``
 ("success", "not_found", "http_500"); company/get-state answers ``state`` per ``state_mode``
 ("success", "http_500").
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 OWN_PIN = "4821"
@@ -52,9 +57,13 @@ START_METHODS = frozenset(
         "call-password/start-voice-password-call",
     }
 )
+INBOUND_METHOD = "call-verification/start-inbound-call-waiting"
+CONFIRMATION_NUMBER = "74993221100"
+QR_CODE_URI = "https://qr.new-tel.example/74993221100.png"
 STATUS_METHOD = "call-password/get-password-call-status"
 STATE_METHOD = "company/get-state"
 REQUIRED = {method: ("async", "dstNumber", "timeout") for method in START_METHODS} | {
+    INBOUND_METHOD: ("clientNumber", "callbackLink", "timeout"),
     STATUS_METHOD: ("callId",),
     STATE_METHOD: (),
 }
@@ -106,6 +115,7 @@ class FakeNewTel:
     )
     clock: Callable[[], float] = time.time
     requests: list[RecordedRequest] = field(default_factory=list)
+    answered_call_ids: dict[int, str] = field(default_factory=dict)  # by id() of the request
     _call_ids: count[int] = field(
         default_factory=lambda: count(2096093321622464437), init=False, repr=False
     )
@@ -136,6 +146,28 @@ class FakeNewTel:
     def calls_placed(self) -> list[RecordedRequest]:
         """Call starts that passed every check (whatever the mode then answered)."""
         return [r for r in self.requests if r.method in START_METHODS and r.accepted]
+
+    def inbound_waits(self) -> list[RecordedRequest]:
+        """Inbound-call verifications New-Tel accepted to wait for."""
+        return [r for r in self.requests if r.method == INBOUND_METHOD and r.accepted]
+
+    async def call_back(self, wait: RecordedRequest | None = None, **body: Any) -> tuple[int, Any]:
+        """The user called: POST the callback of `wait` (default: the latest) to its
+        callbackLink, as New-Tel does; `body` overrides callId / clientNumber (None drops
+        one). Returns the service's status and JSON answer."""
+        wait = wait or self.inbound_waits()[-1]
+        payload = {
+            "callId": self.answered_call_ids[id(wait)],
+            "clientNumber": wait.json["clientNumber"],
+            "status": "answered",
+            **body,
+        }
+        payload = {k: v for k, v in payload.items() if v is not None}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(wait.json["callbackLink"], json=payload) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self._stopping.set()  # lets a "slow" answer end so the server stops promptly
@@ -242,6 +274,20 @@ class FakeNewTel:
             return web.Response(text="not json", content_type="application/json")
         if self.mode == "wrong_envelope":
             return web.json_response({"foo": 1})
+        if rec.method == INBOUND_METHOD:
+            no_ids = self.mode == "no_ids"
+            call_id = str(next(self._call_ids))
+            self.answered_call_ids[id(rec)] = call_id
+            return _success(
+                {
+                    "callDetails": {
+                        "callId": None if no_ids else call_id,
+                        "confirmationNumber": None if no_ids else CONFIRMATION_NUMBER,
+                        "qrCodeUri": QR_CODE_URI,
+                        "isValidNumber": "false" if self.mode == "invalid_number" else True,
+                    }
+                }
+            )
         if "voice" in rec.method:
             pin = VOICE_ECHO_PIN
         elif self.mode == "own_pin":

@@ -340,6 +340,8 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
             "0+15x90",
         ),
         (f'callauth_rate_limited_total{{{a}, limit="client"}}', "0x5 1+3x30"),
+        # Token probing: 30 rejected callbacks a minute from 3m on.
+        (f'callauth_inbound_callbacks_total{{{a}, outcome="rejected"}}', "0x3 30+30x30"),
         # The call-status circuit opens at 2m: an alert of its own, not CircuitOpen's.
         (f"callauth_newtel_status_circuit_state{{{a}}}", "0 0 2x10"),
         # One flash call and one status request a second; half the calls fail, and ten
@@ -366,6 +368,8 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
         _case("CallauthClientBudgetRefusals", "15m", {}),
         _case("CallauthClientBudgetNearLimit", "30m"),
         _case("CallauthClientBudgetNearLimit", "80m", {"client": "shop"}, "900"),
+        _case("CallauthInboundCallbacksRejected", "3m"),
+        _case("CallauthInboundCallbacksRejected", "15m", {}, "0.50"),
         _case("CallauthNewTelStatusCircuitOpen", "4m"),
         _case("CallauthNewTelStatusCircuitOpen", "8m", {"instance": "a:8080"}),
         _case("CallauthNewTelErrorRate", "4m"),
@@ -379,7 +383,7 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
             "0+10x1600",
         ),
         (
-            f'callauth_checks_total{{{a}, client="app", outcome="approved"}}',
+            f'callauth_approvals_total{{{a}, client="app", channel="flash_call"}}',
             "0+8x1440 11522+2x160",
         ),
     ]

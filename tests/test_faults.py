@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from conftest import AUTH, PHONE, make_settings
-from reliability_helpers import (
+from helpers import (
     PRODUCTION_AUTH,
     PRODUCTION_KEY,
     PRODUCTION_SECRET,
@@ -26,6 +26,8 @@ from reliability_helpers import (
     eventually,
     free_port,
     phones,
+    problem,
+    sandbox_code,
     start_service_process,
 )
 
@@ -46,28 +48,10 @@ def fresh_prefix() -> str:
     return f"callauth-faults:{uuid.uuid4().hex[:8]}:"
 
 
-async def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
-    body = await resp.json(content_type=None)
-    assert resp.status == status, body
-    assert resp.headers["Content-Type"].startswith("application/problem+json")
-    assert body["code"] == code, body
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
-    if status in (429, 503):
-        assert int(resp.headers["Retry-After"]) >= 1
-    return body
-
-
 def no_unhandled_errors(service_logs: Any) -> None:
     lines = service_logs.lines()
     assert not [line for line in lines if line["event"] == "unhandled error"]
     assert all(line.get("status") != 500 for line in lines if line["event"] == "request")
-
-
-async def sandbox_code(client: Any, phone: str) -> str:
-    resp = await client.get("/v1/sandbox/calls", params={"phone": phone}, headers=AUTH)
-    assert resp.status == 200
-    return str((await resp.json())["calls"][0]["code"])
 
 
 async def every_route(client: Any, verification_id: str) -> list[Any]:
@@ -125,11 +109,11 @@ async def test_redis_stopped_mid_load_is_503_never_500_and_recovers_on_restart(
     assert set(statuses) == {201, 503}, statuses
     for resp in answers:
         if resp.status == 503:
-            await assert_problem(resp, 503, "store_unavailable")
+            await problem(resp, 503, "store_unavailable")
 
     # While it is down: every route answers 503 store_unavailable with Retry-After.
     for resp in await every_route(client, vid):
-        await assert_problem(resp, 503, "store_unavailable")
+        await problem(resp, 503, "store_unavailable")
     ready = await client.get("/readyz")
     assert ready.status == 503
     assert (await ready.json())["checks"]["store"] == "unavailable"
@@ -176,10 +160,10 @@ async def test_a_hung_redis_times_out_as_503_and_recovers(
         resp = await client.post(
             f"/v1/verifications/{vid}/check", json={"code": "12345"}, headers=AUTH
         )
-        await assert_problem(resp, 503, "store_unavailable")
+        await problem(resp, 503, "store_unavailable")
         assert time.monotonic() - began < 3, "a hung store must not hang the request"
         resp = await client.post("/v1/verifications", json={"phone": PHONE_2}, headers=AUTH)
-        await assert_problem(resp, 503, "store_unavailable")
+        await problem(resp, 503, "store_unavailable")
         assert (await client.get("/readyz")).status == 503
     finally:
         own_redis.thaw()
@@ -220,7 +204,7 @@ async def test_redis_lost_while_a_call_is_being_placed_is_503_and_the_phone_reco
     await eventually(lambda: len(fake_newtel.calls_placed()) == 1)
     await own_redis.stop()
     resp = await request
-    await assert_problem(resp, 503, "store_unavailable")
+    await problem(resp, 503, "store_unavailable")
 
     await own_redis.start()
     fake_newtel.mode = "success"
@@ -275,7 +259,7 @@ async def test_a_failing_new_tel_start_is_502_or_503_in_time_and_leaves_nothing_
         "/v1/verifications", json={"phone": PHONE, "channel": channel}, headers=AUTH
     )
     elapsed = time.monotonic() - began
-    await assert_problem(resp, status, code)
+    await problem(resp, status, code)
     assert elapsed < NEWTEL_TIMEOUT_S + 1.5, f"answered after {elapsed:.2f}s"
 
     # No pending leftovers: no verification, no pending pointer.
@@ -284,7 +268,7 @@ async def test_a_failing_new_tel_start_is_502_or_503_in_time_and_leaves_nothing_
     lookup = await client.post(
         "/v1/verifications/check", json={"phone": PHONE, "code": "12345"}, headers=AUTH
     )
-    await assert_problem(lookup, 404, "not_found")
+    await problem(lookup, 404, "not_found")
     healthy = client if mode != "refused" else await make_app(newtel=True)
     fake_newtel.mode = "success"
     again = await healthy.post(
@@ -296,7 +280,7 @@ async def test_a_failing_new_tel_start_is_502_or_503_in_time_and_leaves_nothing_
         assert (await again.json())["sends_left"] == 2
     else:
         # It may have rung: it holds the phone's cooldown like any call.
-        await assert_problem(again, 429, "rate_limited")
+        await problem(again, 429, "rate_limited")
         assert len(await backend.phone_states()) == 1
     no_unhandled_errors(service_logs)
 
@@ -315,7 +299,7 @@ async def test_a_failing_resend_keeps_the_verification_pending_and_counts_a_send
     fake_newtel.mode, fake_newtel.delay_s = mode, 5.0
     resp = await client.post(f"/v1/verifications/{vid}/resend", headers=AUTH)
     status, code = NEWTEL_FAULTS[mode]
-    await assert_problem(resp, status, code)
+    await problem(resp, status, code)
 
     view = await (await client.get(f"/v1/verifications/{vid}", headers=AUTH)).json()
     assert view["status"] == "pending"
@@ -352,6 +336,7 @@ async def test_sigterm_under_load_lets_every_in_flight_start_finish_and_exits_ze
             "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake_newtel.signature_key,
             "CALLAUTH_API_KEYS": f"dev:{PRODUCTION_KEY}",
             "CALLAUTH_SECRET": PRODUCTION_SECRET,
+            "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
             "CALLAUTH_REDIS_URL": own_redis.url,
             "CALLAUTH_LOG_LEVEL": "warning",
         },

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import socket
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,8 +13,18 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from conftest import AUTH, PHONE, make_settings
-from fake_newtel import STATUS_METHOD
-from reliability_helpers import PRODUCTION_AUTH, PRODUCTION_KEY, PRODUCTION_SECRET, OwnRedis
+from helpers import (
+    PRODUCTION_AUTH,
+    PRODUCTION_KEY,
+    PRODUCTION_SECRET,
+    OwnRedis,
+    eventually,
+    free_port,
+    metric,
+    metrics_text,
+    start_service_process,
+    status_requests,
+)
 
 from service.app import MONITOR, create_app
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
@@ -26,28 +32,6 @@ from service.errors import NotFound, ProviderUnavailable
 from service.metrics import NEWTEL_ERROR_REASONS, Metrics
 from service.problems import ACCESS_LOG, served
 from service.providers.newtel import NewTelClient
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text, 0 when absent."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        base, _, rest = sample.partition("{")
-        got = ",".join(sorted(p for p in rest.rstrip("}").split(",") if p))
-        if base == name and got == want:
-            return float(value)
-    return 0.0
 
 
 class Ticker:
@@ -136,11 +120,10 @@ async def test_readiness_fails_and_api_answers_503_when_redis_is_down(aiohttp_cl
 async def test_balance_monitor_exports_balance_and_degrades_readiness(make_app, fake_newtel):
     fake_newtel.state.update(balance=42.5, status="active")
     client = await make_app(newtel=True, balance_min=100)
-    for _ in range(50):
-        text = await (await client.get("/metrics")).text()
-        if metric(text, "callauth_newtel_balance", currency="RUB"):
-            break
-        await asyncio.sleep(0.02)
+    # The app polls in the background; the test polls once itself rather than wait for it.
+    assert any(task.get_name() == "balance-monitor" for task in asyncio.all_tasks())
+    await client.app[MONITOR].poll_once()
+    text = await metrics_text(client)
     assert metric(text, "callauth_newtel_balance", currency="RUB") == 42.5
     assert metric(text, "callauth_newtel_account_status", status="active") == 1
     assert any(r.method == "company/get-state" and r.signature_valid for r in fake_newtel.requests)
@@ -154,11 +137,8 @@ async def test_balance_monitor_exports_balance_and_degrades_readiness(make_app, 
 async def test_blocked_account_reads_degraded(make_app, fake_newtel):
     fake_newtel.state.update(status="blocked")
     client = await make_app(newtel=True)
-    for _ in range(50):
-        body = await (await client.get("/readyz")).json()
-        if body["status"] == "degraded":
-            break
-        await asyncio.sleep(0.02)
+    await client.app[MONITOR].poll_once()
+    body = await (await client.get("/readyz")).json()
     assert body == {
         "status": "degraded",
         "checks": {"store": "ok", "newtel_circuit": "closed"},
@@ -261,10 +241,6 @@ async def start_verifications(client, count: int, first: int = 0) -> list[str]:
     return ids
 
 
-def status_requests(fake) -> int:
-    return sum(r.method == STATUS_METHOD for r in fake.requests)
-
-
 async def test_failing_call_status_opens_its_own_circuit_and_starts_go_on(
     make_app, fake_newtel, service_logs
 ):
@@ -277,7 +253,7 @@ async def test_failing_call_status_opens_its_own_circuit_and_starts_go_on(
         assert resp.status == 200
         assert [c["status"] for c in (await resp.json())["calls"]] == ["unknown"]
 
-    assert status_requests(fake_newtel) == 2, "an open status circuit asks New-Tel nothing"
+    assert len(status_requests(fake_newtel)) == 2, "an open status circuit asks New-Tel nothing"
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["checks"]["newtel_circuit"] == "closed"
@@ -320,10 +296,10 @@ async def test_the_status_budget_caps_new_tel_status_requests_however_many_polls
         assert [r.status for r in await asyncio.gather(*polls)] == [200] * 15
 
     await poll_each_three_times()
-    assert status_requests(fake_newtel) == 2  # the burst: one second's worth
+    assert len(status_requests(fake_newtel)) == 2  # the burst: one second's worth
     ticker.now += 1.5
     await poll_each_three_times()
-    assert status_requests(fake_newtel) == 4  # refilled at 2 a second, capped at the burst
+    assert len(status_requests(fake_newtel)) == 4  # refilled at 2 a second, capped at the burst
 
     text = await (await client.get("/metrics")).text()
     errors = "callauth_newtel_errors_total"
@@ -379,7 +355,7 @@ async def test_a_status_budget_refusal_sends_nothing_and_frees_the_half_open_pro
         with pytest.raises(ProviderUnavailable) as refused:
             await guarded.call_status("1")
         assert refused.value.not_placed is True
-        assert status_requests(fake_newtel) == 1
+        assert len(status_requests(fake_newtel)) == 1
         ticker.now += 100  # a token again: the probe goes through and closes the circuit
         fake_newtel.status_mode = "success"
         assert await guarded.call_status("1") is None
@@ -410,31 +386,20 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
     redis_server = OwnRedis()  # newtel mode needs a Redis: the embedded store is refused
     await redis_server.start()
     env = {
-        **os.environ,
-        "CALLAUTH_PORT": str(port),
         "CALLAUTH_PROVIDER": "newtel",
         "CALLAUTH_NEWTEL_BASE_URL": fake_newtel.base_url,
         "CALLAUTH_NEWTEL_ACCESS_KEY": fake_newtel.access_key,
         "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake_newtel.signature_key,
         "CALLAUTH_API_KEYS": f"dev:{PRODUCTION_KEY}",
         "CALLAUTH_SECRET": PRODUCTION_SECRET,
+        "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
         "CALLAUTH_REDIS_URL": redis_server.url,
         "CALLAUTH_LOG_LEVEL": "warning",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL
-    )
+    proc = None
     try:
+        proc = await start_service_process(env, port)
         async with aiohttp.ClientSession() as http:
-            for _ in range(400):  # start-up, on a loaded machine
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the service did not start")
             request = asyncio.ensure_future(
                 http.post(
                     f"http://127.0.0.1:{port}/v1/verifications",
@@ -442,18 +407,15 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
                     headers=PRODUCTION_AUTH,
                 )
             )
-            for _ in range(250):
-                if fake_newtel.calls_placed():  # not requests: the balance monitor asks too
-                    break
-                await asyncio.sleep(0.02)
-            assert fake_newtel.calls_placed(), "the start reached New-Tel"
+            # The start reached New-Tel (calls, not requests: the balance monitor asks too).
+            await eventually(fake_newtel.calls_placed, timeout_s=5)
             proc.send_signal(signal.SIGTERM)
             resp = await asyncio.wait_for(request, 10)
             assert resp.status == 201
             resp.release()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
-        if proc.returncode is None:
+        if proc is not None and proc.returncode is None:
             proc.kill()
             await proc.wait()
         await redis_server.stop()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import LogCapture, make_settings
-from reliability_helpers import PRODUCTION_KEY, PRODUCTION_SECRET, free_port
+from helpers import PRODUCTION_KEY, PRODUCTION_SECRET, free_port
 
 from service import __main__ as service_main
 from service.settings import Settings, is_loopback, startup_problem, unknown_variables
@@ -46,7 +46,14 @@ def refused_setting(settings: Settings) -> str | None:
 def test_a_valid_newtel_configuration_passes() -> None:
     assert production().provider_name == "newtel"
     assert startup_problem(production()) is None
-    assert startup_problem(production(public_url=None)) is None, "public_url may be unset"
+    inbound_off = production(public_url=None, channels="flash_call,voice_call")
+    assert startup_problem(inbound_off) is None, "public_url may be unset without inbound_call"
+
+
+def test_the_inbound_channel_in_newtel_mode_needs_the_public_url() -> None:
+    assert refused_setting(production(public_url=None)) == "CALLAUTH_PUBLIC_URL"
+    sandbox = make_settings(public_url=None)
+    assert startup_problem(sandbox) is None, "the sandbox never calls back"
 
 
 def test_a_local_sandbox_with_the_dev_key_and_no_redis_passes() -> None:
@@ -131,6 +138,7 @@ def test_the_kubernetes_manifests_are_refused_until_their_placeholders_are_repla
         "CALLAUTH_API_KEYS": f"app:{PRODUCTION_KEY}",
         "CALLAUTH_NEWTEL_ACCESS_KEY": "AK-real-access-key",
         "CALLAUTH_NEWTEL_SIGNATURE_KEY": "SK-real-signature-key",
+        "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
     }
     assert set(real) <= set(env)
     env.update(real)

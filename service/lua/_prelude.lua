@@ -10,12 +10,15 @@
 --   verification  [client, status, code_length, checks_left, sends, expires_at ms,
 --                  [calls, oldest first], code hash]
 --   call          [channel's initial, placed_at ms, New-Tel's call id] and, once New-Tel has
---                 been asked, its word for the call ('' while unknown) and when (s)
+--                 been asked, its word for the call ('' while unknown) and when (s); an
+--                 inbound call ('i') also keeps, after those, the number to call, the QR
+--                 code's URI ('' if none) and when New-Tel stops waiting (ms)
 -- The channel and the resend cooldown's end follow from the last call.
 local PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES = 1, 2, 3, 4, 5
 local CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE =
   1, 2, 3, 4, 5, 6, 7, 8
 local CALL_CHANNEL, CALL_PLACED_AT, CALL_ID, CALL_STATUS, CALL_CHECKED_AT = 1, 2, 3, 4, 5
+local CALL_TO, CALL_QR, CALL_BEFORE = 6, 7, 8
 
 local function load_state(key)
   local raw = redis.call('GET', key)
@@ -84,9 +87,14 @@ local function save_state(key, state, now, keep)
   end
 end
 
+-- The verification's latest call, the one that decides.
+local function latest(v)
+  return v[CALLS][#v[CALLS]]
+end
+
 -- The channel's initial of a verification's latest call.
 local function channel(v)
-  return v[CALLS][#v[CALLS]][CALL_CHANNEL]
+  return latest(v)[CALL_CHANNEL]
 end
 
 -- A verification as callers may see it: [phone, the verification without its code hash].

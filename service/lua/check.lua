@@ -2,7 +2,8 @@
 -- verification and the phone's guess budget, approve once.
 -- KEYS[1] the phone's state. ARGV: id, client, code_hmac, now_ms, guess_limit, guess_window_ms
 -- Returns {outcome, status, checks_left, channel's initial}: outcome is 'approved', 'wrong', 'spent'
--- (a check of a verification that is no longer pending), 'max_checks', or 'not_found'.
+-- (a check of a verification that is no longer pending), 'max_checks', 'no_code' (the latest
+-- call is inbound: nothing to type) or 'not_found'.
 local state = load_state(KEYS[1])
 local v = state[VERIFICATIONS][ARGV[1]]
 local now = tonumber(ARGV[4])
@@ -12,6 +13,9 @@ if v == nil or v[CLIENT] ~= ARGV[2] or v[EXPIRES] <= now then
 end
 local function answer(outcome)
   return {outcome, v[STATUS], v[CHECKS_LEFT], channel(v)}
+end
+if channel(v) == 'i' then
+  return answer('no_code')
 end
 if v[STATUS] == 'max_checks_reached' then
   return answer('max_checks')

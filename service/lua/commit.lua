@@ -1,7 +1,8 @@
 -- Record a placed call: create the verification, or give a pending one the new call's code.
 -- KEYS[1] the phone's state
 -- ARGV[1]: JSON {id (the id's own part), is_new, now, keep (as reserve.lua kept the calls),
---          client, phone, channel, code_hash, code_length, call_id, ttl, max_checks}
+--          client, phone, channel, code_hash, code_length, call_id, ttl, max_checks, and for
+--          an inbound call call_to, qr_code_uri, call_before}
 -- Returns the verification as public() does, or false if it ended while its call was placed.
 local a = cjson.decode(ARGV[1])
 local state = load_state(KEYS[1])
@@ -20,6 +21,10 @@ end
 local call = {}
 call[CALL_CHANNEL], call[CALL_PLACED_AT], call[CALL_ID] =
   string.sub(a.channel, 1, 1), a.now, a.call_id
+if a.call_to then
+  call[CALL_STATUS], call[CALL_CHECKED_AT] = '', 0
+  call[CALL_TO], call[CALL_QR], call[CALL_BEFORE] = a.call_to, a.qr_code_uri, a.call_before
+end
 table.insert(v[CALLS], call)
 v[CODE] = a.code_hash
 v[CODE_LENGTH] = a.code_length

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Channel = Literal["flash_call", "voice_call"]
+Channel = Literal["flash_call", "voice_call", "inbound_call"]
 
 
 def random_digits(length: int) -> str:
@@ -16,10 +16,13 @@ def random_digits(length: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PlacedCall:
-    """A call the provider accepted; `code` is the code that counts for it."""
+    """A call the provider accepted; `code` is the code that counts for it ('' for an inbound
+    call, which the user places to `call_to`)."""
 
     call_id: str
     code: str
+    call_to: str = ""
+    qr_code_uri: str | None = None
 
 
 class Provider(Protocol):
@@ -33,6 +36,11 @@ class Provider(Protocol):
 
     async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
         """Ring `phone` and have a robot speak `text`, which carries `code`."""
+        ...
+
+    async def inbound_call(self, phone: str, callback_link: str, timeout_s: int) -> PlacedCall:
+        """Have New-Tel wait `timeout_s` for a call from `phone` and POST `callback_link`
+        when it comes; the answer names the number to call."""
         ...
 
     async def call_status(self, call_id: str) -> str | None:

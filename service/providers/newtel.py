@@ -89,6 +89,12 @@ def _failure(
     return err
 
 
+def _not_waiting(method: str, what: str) -> NewTelError | NewTelUnavailable:
+    err = _failure(NewTelError, method, "bad_answer", what)
+    err.not_placed = True
+    return err
+
+
 def _http_reason(http_status: int) -> NewTelReason:
     if http_status == 429:
         return "http_429"
@@ -119,6 +125,7 @@ class NewTelClient:
         flash_method: str,
         voice_method: str,
         status_method: str = "call-password/get-password-call-status",
+        inbound_method: str = "call-verification/start-inbound-call-waiting",
         timeout_s: float,
         call_timeout_s: int,
         session: aiohttp.ClientSession | None = None,
@@ -132,6 +139,7 @@ class NewTelClient:
         self._flash_method = flash_method.strip("/")
         self._voice_method = voice_method.strip("/")
         self._status_method = status_method.strip("/")
+        self._inbound_method = inbound_method.strip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._call_timeout_s = call_timeout_s
         self._session = session
@@ -154,6 +162,27 @@ class NewTelClient:
         details = await self._start(self._voice_method, payload)
         # The robot speaks our text, so our code counts whatever pin New-Tel echoes.
         return PlacedCall(call_id=self._call_id(self._voice_method, details), code=code)
+
+    async def inbound_call(self, phone: str, callback_link: str, timeout_s: int) -> PlacedCall:
+        method = self._inbound_method
+        payload = {"clientNumber": phone, "callbackLink": callback_link, "timeout": timeout_s}
+        details = await self._start(method, payload)
+        # Without a call id or a number to call, the user cannot call and no callback could be
+        # matched: nothing is waiting, so the call certainly was not placed.
+        call_to = details.get("confirmationNumber")
+        digits = (
+            str(call_to) if isinstance(call_to, str | int) and not isinstance(call_to, bool) else ""
+        )
+        digits = "".join(ch for ch in digits if ch.isdigit())
+        if not 5 <= len(digits) <= 15:
+            raise _not_waiting(method, "answer has no usable confirmationNumber")
+        try:
+            call_id = self._call_id(method, details)
+        except NewTelError:
+            raise _not_waiting(method, "answer has no callId") from None
+        qr = details.get("qrCodeUri")
+        qr_uri = qr if isinstance(qr, str) and qr.startswith(("https://", "data:image/")) else None
+        return PlacedCall(call_id=call_id, code="", call_to=digits, qr_code_uri=qr_uri)
 
     async def call_status(self, call_id: str) -> str | None:
         try:

@@ -16,6 +16,9 @@ log = structlog.get_logger("service.sandbox")
 
 _CALLS_PER_PHONE = 20
 _PHONES = 10_000
+# What the sandbox asks users to call for an inbound-call verification: no call goes anywhere;
+# POST /v1/sandbox/inbound-calls plays the user's call.
+SANDBOX_CALL_TO = "74950000000"
 
 
 @dataclass(slots=True)
@@ -23,10 +26,11 @@ class SandboxCall:
     call_id: str
     phone: str
     channel: str
-    code: str
+    code: str | None  # None for an inbound call: there is no code
     placed_at: float
     text: str | None = None
     caller: str | None = None
+    call_to: str | None = None
     verification_id: str | None = None
     client: str | None = None
 
@@ -41,7 +45,7 @@ class SandboxProvider:
         self._by_phone: OrderedDict[str, deque[SandboxCall]] = OrderedDict()
         self._by_id: dict[str, SandboxCall] = {}
 
-    def _place(self, phone: str, channel: str, code: str, **extra: str) -> PlacedCall:
+    def _place(self, phone: str, channel: str, code: str | None, **extra: str) -> PlacedCall:
         call = SandboxCall(
             f"sb-{secrets.token_urlsafe(9)}", phone, channel, code, time.time(), **extra
         )
@@ -57,7 +61,7 @@ class SandboxProvider:
                 self._by_id.pop(old.call_id, None)
         # The one place a code may be logged: the sandbox exists so integrators can read it.
         log.info("sandbox call placed", phone=mask(phone), channel=channel, code=code)
-        return PlacedCall(call_id=call.call_id, code=code)
+        return PlacedCall(call_id=call.call_id, code=code or "", call_to=call.call_to or "")
 
     async def flash_call(self, phone: str, pin: str) -> PlacedCall:
         code = random_digits(self.code_length)
@@ -67,6 +71,9 @@ class SandboxProvider:
 
     async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
         return self._place(phone, "voice_call", code, text=text)
+
+    async def inbound_call(self, phone: str, callback_link: str, timeout_s: int) -> PlacedCall:
+        return self._place(phone, "inbound_call", None, call_to=SANDBOX_CALL_TO)
 
     async def call_status(self, call_id: str) -> str | None:
         return None
