@@ -334,6 +334,22 @@ class ServiceThread:
             await self._runner.cleanup()
 
 
+def production_env(fake: FakeNewTel, redis_url: str) -> dict[str, str]:
+    """`python -m service`'s environment in newtel mode against the fake New-Tel: every
+    production check passes."""
+    return {
+        "CALLAUTH_PROVIDER": "newtel",
+        "CALLAUTH_NEWTEL_BASE_URL": fake.base_url,  # type: ignore[attr-defined]
+        "CALLAUTH_NEWTEL_ACCESS_KEY": fake.access_key,
+        "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake.signature_key,
+        "CALLAUTH_API_KEYS": f"dev:{PRODUCTION_KEY}",
+        "CALLAUTH_SECRET": PRODUCTION_SECRET,
+        "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
+        "CALLAUTH_REDIS_URL": redis_url,
+        "CALLAUTH_LOG_LEVEL": "warning",
+    }
+
+
 async def start_service_process(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
     """`python -m service` on `port`, returned once /healthz answers."""
     full = {**os.environ, "CALLAUTH_PORT": str(port), **env}

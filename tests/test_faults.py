@@ -20,13 +20,12 @@ import redis.asyncio as aioredis
 from conftest import AUTH, PHONE, make_settings
 from helpers import (
     PRODUCTION_AUTH,
-    PRODUCTION_KEY,
-    PRODUCTION_SECRET,
     OwnRedis,
     eventually,
     free_port,
     phones,
     problem,
+    production_env,
     sandbox_code,
     start_service_process,
 )
@@ -329,17 +328,7 @@ async def test_sigterm_under_load_lets_every_in_flight_start_finish_and_exits_ze
     fake_newtel.mode, fake_newtel.delay_s = "slow", 0.5
     port = free_port()
     proc = await start_service_process(
-        {
-            "CALLAUTH_PROVIDER": "newtel",
-            "CALLAUTH_NEWTEL_BASE_URL": fake_newtel.base_url,
-            "CALLAUTH_NEWTEL_ACCESS_KEY": fake_newtel.access_key,
-            "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake_newtel.signature_key,
-            "CALLAUTH_API_KEYS": f"dev:{PRODUCTION_KEY}",
-            "CALLAUTH_SECRET": PRODUCTION_SECRET,
-            "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
-            "CALLAUTH_REDIS_URL": own_redis.url,
-            "CALLAUTH_LOG_LEVEL": "warning",
-        },
+        production_env(fake_newtel, own_redis.url),
         port,
     )
     count = 20

@@ -15,13 +15,12 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import AUTH, PHONE, make_settings
 from helpers import (
     PRODUCTION_AUTH,
-    PRODUCTION_KEY,
-    PRODUCTION_SECRET,
     OwnRedis,
     eventually,
     free_port,
     metric,
     metrics_text,
+    production_env,
     start_service_process,
     status_requests,
 )
@@ -385,17 +384,7 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(fake_newt
     port = free_port()
     redis_server = OwnRedis()  # newtel mode needs a Redis: the embedded store is refused
     await redis_server.start()
-    env = {
-        "CALLAUTH_PROVIDER": "newtel",
-        "CALLAUTH_NEWTEL_BASE_URL": fake_newtel.base_url,
-        "CALLAUTH_NEWTEL_ACCESS_KEY": fake_newtel.access_key,
-        "CALLAUTH_NEWTEL_SIGNATURE_KEY": fake_newtel.signature_key,
-        "CALLAUTH_API_KEYS": f"dev:{PRODUCTION_KEY}",
-        "CALLAUTH_SECRET": PRODUCTION_SECRET,
-        "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
-        "CALLAUTH_REDIS_URL": redis_server.url,
-        "CALLAUTH_LOG_LEVEL": "warning",
-    }
+    env = production_env(fake_newtel, redis_server.url)
     proc = None
     try:
         proc = await start_service_process(env, port)
