@@ -10,7 +10,9 @@ Phases (--phases picks some):
                check latency again
   memory       50k more created through the API: used_memory delta, MEMORY USAGE by key
                kind, keys per verification (their ids are the pool of the next phases)
-  main         check (wrong codes) vs /one, status GET vs /one, start vs /two
+  main         check (wrong codes) vs /one, status GET vs /one, start vs /two, callback (New-Tel's
+               inbound-call callbacks, all accepted: the first of each approves, repeats are
+               duplicates; 20k inbound verifications made by Verifier.start) vs /one
   two          two service processes on one Redis vs one
   profile      (--profile) py-spy on the service (check) and on the baseline (/one)
   small_again  back to the 1k pool alone (the rest deleted), check latency once more: the
@@ -44,6 +46,9 @@ RESULTS = Path(__file__).with_name("results")
 SECRET = "callauth-bench-secret-0123456789"
 PROD_PREFIX = "callauth:"
 PHASES = ("small", "big", "memory", "main", "two", "small_again")
+WORKLOADS = ("check", "status", "start", "callback")
+# The baseline route each workload is compared with: as many Redis round trips.
+BASELINE_ROUTES = {"check": "/one", "status": "/one", "start": "/two", "callback": "/one"}
 TARGETS = {
     "check_rps_ratio": 0.7,
     "check_p99_ratio": 2.0,
@@ -234,6 +239,26 @@ class Bench:
         random.shuffle(ids)
         return ids
 
+    def callback_lines(self) -> list[str]:
+        """The callback workload's list: pending inbound-call verifications made once (by the
+        service's own rules, like phase big's), each with the callback New-Tel would send."""
+        if "callback" not in self.pools:
+            n = self.args.callback_n
+            lines, seeded = asyncio.run(seed.callbacks(self.env, self.phones.take(n)))
+            log(
+                f"  seeded {len(lines)} inbound-call verifications ({seeded.failures} failed) "
+                f"with {seeded.how} in {seeded.seconds:.1f} s"
+            )
+            random.shuffle(lines)
+            self.pools["callback"] = lines
+            self.results["callback_seed"] = {
+                "how": seeded.how,
+                "added": len(lines),
+                "failures": seeded.failures,
+                "seconds": round(seeded.seconds, 1),
+            }
+        return self.pools["callback"]
+
     def verify_sample(self, ids: list[str], n: int = 20) -> dict[str, int]:
         """GET a few ids through the API: each must be a pending verification of client dev."""
         ok = 0
@@ -357,16 +382,15 @@ class Bench:
         )
 
     def phase_main(self) -> None:
-        log("phase main: check vs /one, status vs /one, start vs /two")
-        pool = self.fixed("memory", self.pools["memory"])
-        routes = {
-            "check": (pool, "/one"),
-            "status": (pool, "/one"),
-            "start": (self._start_list, "/two"),
-        }
+        log("phase main: " + ", ".join(f"{w} vs {BASELINE_ROUTES[w]}" for w in self.args.workloads))
         for workload in self.args.workloads:
-            items, route = routes[workload]
-            self.pair(workload, workload, items, route)
+            if workload == "start":
+                items = self._start_list
+            elif workload == "callback":
+                items = self.fixed("callback", self.callback_lines())
+            else:
+                items = self.fixed("memory", self.pools["memory"])
+            self.pair(workload, workload, items, BASELINE_ROUTES[workload])
 
     def phase_big(self) -> None:
         target = self.args.big_n
@@ -484,7 +508,12 @@ class Bench:
         self, name: str, server: runner.Server, mode: str, path: str | None, out: Path
     ) -> Any:
         """One run under py-spy; the summary and its sampled microseconds per request."""
-        items = self._start_list() if mode == "start" else self._file("p", self.pools["memory"])
+        if mode == "start":
+            items = self._start_list()
+        elif mode == "callback":
+            items = self._file("p", self.callback_lines())
+        else:
+            items = self._file("p", self.pools["memory"])
         spies = profile.record(server.pid, self.args.duration, out)
         time.sleep(0.5)  # py-spy attached before the load starts
         run = self.wrk(name, server, mode, items, path=path, record=f"profile_{mode}")
@@ -505,10 +534,9 @@ class Bench:
 
     def phase_profile(self, stamp: str) -> None:
         """py-spy on the service per workload, and on the baseline route it is compared with."""
-        routes = {"check": "/one", "status": "/one", "start": "/two"}
         profiles: dict[str, Any] = {}
         for mode in self.args.profile_workloads:
-            route = routes[mode]
+            route = BASELINE_ROUTES[mode]
             log(f"phase profile: py-spy on the service ({mode}) and on the baseline ({route})")
             out = RESULTS / f"{stamp}-profile-{mode}-service"
             summary, svc_us = self._profiled("service", self.service, mode, None, out)
@@ -564,6 +592,7 @@ class Bench:
             "small_n": a.small_n,
             "memory_n": a.memory_n,
             "big_n": a.big_n,
+            "callback_n": a.callback_n,
             "service_env": {k: v for k, v in self.env.items() if k != "CALLAUTH_SECRET"},
             "wrk": runner.ensure_wrk(),
             "service_dir": str(a.service_dir),
@@ -581,7 +610,14 @@ class Bench:
                 self.phase_small()
             if "big" in phases:
                 self.phase_big()
-            if phases & {"memory", "main", "two", "profile"}:
+            # The memory phase's verifications are the pool of check and status, phase two's
+            # and the profile's: the callback and start workloads alone need none of it.
+            pooled = {"check", "status"}
+            if (
+                phases & {"memory", "two"}
+                or ("main" in phases and pooled & set(a.workloads))
+                or ("profile" in phases and pooled & set(a.profile_workloads))
+            ):
                 self.phase_memory()
             if "main" in phases:
                 self.phase_main()
@@ -734,19 +770,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--small-n", type=int, default=1_000, help="pending for the small check")
     p.add_argument("--memory-n", type=int, default=50_000, help="created for the memory figure")
     p.add_argument("--big-n", type=int, default=200_000, help="pending for the large check")
+    p.add_argument(
+        "--callback-n",
+        type=int,
+        default=20_000,
+        help="inbound-call verifications the callback workload's callbacks name",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument(
         "--phases",
         default=",".join(PHASES),
-        help=f"comma-separated subset of {','.join(PHASES)} (main, two and profile also run "
-        "memory, which seeds their pool)",
+        help=f"comma-separated subset of {','.join(PHASES)} (two, and main or profile with "
+        "check or status, also run memory, which seeds their pool)",
     )
-    p.add_argument("--workloads", default="check,status,start", help="the main phase's workloads")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="the main phase's workloads")
     p.add_argument("--profile", action="store_true", help="py-spy during the check workload")
     p.add_argument(
         "--profile-workloads",
         default="check",
-        help="with --profile: the workloads to profile (check,status,start)",
+        help=f"with --profile: the workloads to profile ({','.join(WORKLOADS)})",
     )
     p.add_argument(
         "--service-dir",
@@ -757,7 +799,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 3 s runs, 1 round, 5k for memory, 20k for the large check",
+        help="smoke run: 3 s runs, 1 round, 5k for memory and callbacks, 20k for the large check",
     )
     args = p.parse_args(argv)
     args.phases = {x.strip() for x in args.phases.split(",") if x.strip()}
@@ -769,11 +811,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.workloads = [x.strip() for x in args.workloads.split(",") if x.strip()]
     args.profile_workloads = [x.strip() for x in args.profile_workloads.split(",") if x.strip()]
     for name in [*args.workloads, *args.profile_workloads]:
-        if name not in ("check", "status", "start"):
+        if name not in WORKLOADS:
             p.error(f"unknown workload: {name}")
     if args.quick:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
         args.memory_n, args.big_n = min(args.memory_n, 5_000), min(args.big_n, 20_000)
+        args.callback_n = min(args.callback_n, 5_000)
     return args
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 RATE = 200
+# The stdlib's directory of this interpreter, the one the profiled service runs on.
+_STDLIB_DIR = f"/python{sys.version_info.major}.{sys.version_info.minor}/"
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
 
@@ -53,7 +55,7 @@ def _where(path: str) -> str:
     if "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
     elif path.startswith("/"):
-        path = path.rsplit("/python3.11/", 1)[-1]
+        path = path.rsplit(_STDLIB_DIR, 1)[-1]
     if path.startswith("service/"):
         return path
     head, sep, _ = path.partition("/")

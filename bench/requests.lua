@@ -1,8 +1,11 @@
 -- wrk script for the bench: every request is built from one line of a pre-generated list.
 -- Configured through the environment (setup() gets no script arguments):
---   BENCH_MODE   check | status | start | seed (start each phone of the thread's slice once,
---                then stop the thread: the harness stops wrk when the service counted them)
---   BENCH_LIST   file with one verification id (check, status) or phone (start) per line
+--   BENCH_MODE   check | status | start | callback | seed (start each phone of the thread's
+--                slice once, then stop the thread: the harness stops wrk when the service
+--                counted them)
+--   BENCH_LIST   file with one verification id (check, status) or phone (start) per line;
+--                for callback, "<token> <callId> <phone>": New-Tel's callback for an inbound
+--                call, POSTed without a Bearer key (the first approves, repeats are duplicates)
 --   BENCH_PATH   if set, every request goes to this path instead (the baseline's /one, /two)
 --                with the same method, headers and body
 --   BENCH_ADDRS  if set, "host:port,host:port": thread i connects to address i (mod count),
@@ -33,6 +36,9 @@ local mode, items, n, i, last, path_override
 local checked = false
 local headers = {
   ["Authorization"] = "Bearer dev",
+  ["Content-Type"] = "application/json",
+}
+local callback_headers = {
   ["Content-Type"] = "application/json",
 }
 
@@ -71,6 +77,11 @@ function request()
     method, path, body = "POST", "/v1/verifications/" .. item .. "/check", '{"code":"000000"}'
   elseif mode == "status" then
     method, path, body = "GET", "/v1/verifications/" .. item, nil
+  elseif mode == "callback" then
+    local token, call_id, phone = string.match(item, "^(%S+) (%S+) (%S+)$")
+    method, path = "POST", "/callbacks/newtel/" .. token
+    body = '{"callId":"' .. call_id .. '","clientNumber":"' .. phone .. '"}'
+    return wrk.format(method, path_override or path, callback_headers, body)
   else
     method, path, body = "POST", "/v1/verifications", '{"phone":"' .. item .. '"}'
   end

@@ -246,7 +246,8 @@ def service_metrics(url: str) -> dict[str, float]:
 
 
 def outcomes(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
-    """What the service counted between two snapshots: checks by outcome, starts, resends."""
+    """What the service counted between two snapshots: checks by outcome, starts, resends,
+    inbound-call callbacks by outcome."""
     out: dict[str, int] = {}
     for name, value in after.items():
         delta = value - before.get(name, 0.0)
@@ -258,6 +259,8 @@ def outcomes(before: dict[str, float], after: dict[str, float]) -> dict[str, int
             kind = name.split('kind="')[1].split('"')[0]
             result = name.split('result="')[1].split('"')[0]
             label = f"{kind}_{result}"
+        elif name.startswith("callauth_inbound_callbacks_total{"):
+            label = "callback_" + name.split('outcome="')[1].split('"')[0]
         else:
             continue
         out[label] = out.get(label, 0) + int(delta)

@@ -1,7 +1,8 @@
 """Phones to verify, and bulk creation of pending verifications with the service's own scripts.
 
 Through the API, verifications are created by wrk (runner.seed_through_api); this module makes
-the phones, and creates large counts faster through the service's own rules without HTTP.
+the phones, and creates large counts faster through the service's own rules without HTTP, and
+inbound-call verifications with the callbacks New-Tel would send for them.
 """
 
 from __future__ import annotations
@@ -65,13 +66,9 @@ def _settings(env: dict[str, str]) -> Any:
         os.environ.update(saved)
 
 
-async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 256) -> Seeded:
-    """Bulk creation for large counts: the service's own rules and store, without HTTP.
-
-    Each phone gets exactly what a start does (Verifier.start with the sandbox provider:
-    reserve, place, commit), many at once over the store's connection pool. Check a sample
-    through the API after.
-    """
+def _verifier(env: dict[str, str]) -> Any:
+    """The service's own rules over its store, with the sandbox provider: what the service
+    started with `env` runs (the same secret, so the same keys and callback tokens)."""
     from service import logs
     from service.providers.sandbox import SandboxProvider
     from service.store import Store, connect
@@ -82,7 +79,17 @@ async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 2
     secret = settings.secret.get_secret_value().encode() if settings.secret else b""
     store = Store(connect(settings), prefix=settings.key_prefix, secret=secret)
     sandbox = SandboxProvider(settings.code_length)
-    verifier = Verifier(settings, store, sandbox, secret=secret, sandbox=sandbox)
+    return Verifier(settings, store, sandbox, secret=secret, sandbox=sandbox)
+
+
+async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 256) -> Seeded:
+    """Bulk creation for large counts: the service's own rules and store, without HTTP.
+
+    Each phone gets exactly what a start does (Verifier.start with the sandbox provider:
+    reserve, place, commit), many at once over the store's connection pool. Check a sample
+    through the API after.
+    """
+    verifier = _verifier(env)
     ids: list[str] = []
     failures = 0
     gate = asyncio.Semaphore(concurrency)
@@ -101,5 +108,44 @@ async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 2
     try:
         await asyncio.gather(*(start(phone) for phone in phones))
     finally:
-        await store.close()
+        await verifier.store.close()
     return Seeded(ids, failures, time.perf_counter() - started, "Verifier.start, no HTTP")
+
+
+async def callbacks(
+    env: dict[str, str], phones: list[str], concurrency: int = 256
+) -> tuple[list[str], Seeded]:
+    """Pending inbound-call verifications, one per phone, and the callback New-Tel would send
+    for each, as `<token> <callId> <phone>` lines (requests.lua's callback mode).
+
+    In sandbox mode New-Tel never calls back, but the route is there in every mode and needs
+    only a valid token: it is made as the service makes it, over the verification's latest
+    call's placed_at under the same secret; the body names that call's id and the phone.
+    """
+    verifier = _verifier(env)
+    lines: list[str] = []
+    ids: list[str] = []
+    failures = 0
+    gate = asyncio.Semaphore(concurrency)
+
+    async def start(phone: str) -> None:
+        nonlocal failures
+        async with gate:
+            try:
+                verification, _ = await verifier.start("dev", phone, "inbound_call", None)
+                stored = await verifier.store.get(verification.id, "dev", int(time.time() * 1000))
+            except ServiceError:
+                failures += 1
+                return
+        call = stored.calls[-1]
+        token = verifier._callback_token(verification.id, call.placed_at_ms)
+        lines.append(f"{token} {call.call_id} {phone}")
+        ids.append(verification.id)
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(start(phone) for phone in phones))
+    finally:
+        await verifier.store.close()
+    how = "Verifier.start(inbound_call), no HTTP"
+    return lines, Seeded(ids, failures, time.perf_counter() - started, how)

@@ -3,6 +3,8 @@ read the code from the sandbox, check it. Run against the service in sandbox mod
 
     CALLAUTH_URL=http://127.0.0.1:8080 python examples/client.py
 
+`client.py inbound` runs the inbound-call flow instead: the user calls a number (nothing to
+type), the sandbox plays that call, and the status is polled until approved.
 CALLAUTH_API_KEY (default dev) and CALLAUTH_PHONE (default +7 903 567-51-24) are read too.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -43,9 +46,37 @@ async def sandbox_call(http: aiohttp.ClientSession, phone: str, vid: str) -> dic
     return next(c for c in calls if c["verification_id"] == vid)
 
 
+async def inbound(http: aiohttp.ClientSession) -> int:
+    # 1. Start an inbound call: New-Tel waits for the user's call; there is no code.
+    v = await api(http, "POST", "/v1/verifications", {"phone": PHONE, "channel": "inbound_call"})
+    print(f"started {v['id']}: inbound call, no code")
+    # Show the user the number (and the QR code at qr_code_uri, when not None) until call_before.
+    call_to, call_before = v["inbound"]["call_to"], v["inbound"]["call_before"]
+    print(f"the user calls +{call_to} before {call_before}")
+
+    # 2. Sandbox only: play the user's call (in production the user dials; New-Tel calls back).
+    await api(http, "POST", "/v1/sandbox/inbound-calls", {"phone": v["phone"]})
+    print("sandbox: the call was played")
+
+    # 3. Poll the status until it is no longer pending, or New-Tel stopped waiting (10 s grace).
+    give_up = datetime.fromisoformat(call_before) + timedelta(seconds=10)
+    while True:
+        status = (await api(http, "GET", f"/v1/verifications/{v['id']}"))["status"]
+        if status != "pending" or datetime.now(UTC) > give_up:
+            break
+        await asyncio.sleep(1)
+    if status != "approved":
+        print(f"not approved: {status}", file=sys.stderr)
+        return 1
+    print("approved")
+    return 0
+
+
 async def main() -> int:
     headers = {"Authorization": f"Bearer {KEY}"}
     async with aiohttp.ClientSession(headers=headers) as http:
+        if sys.argv[1:] == ["inbound"]:
+            return await inbound(http)
         # 1. Start: the service calls the phone.
         v = await api(http, "POST", "/v1/verifications", {"phone": PHONE, "channel": "flash_call"})
         print(f"started {v['id']}: flash call, {v['code_length']} digits")

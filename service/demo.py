@@ -1,7 +1,8 @@
 """`GET /demo`: a one-page try-it-out of the /v1 API, for sandbox mode only.
 
 Plain HTML, CSS and JavaScript from `service/static` (no build step). The page calls the real
-API with the sandbox key and reads the "call" back from `/v1/sandbox/calls`; create_app adds
+API with the sandbox key and reads the "call" back from `/v1/sandbox/calls` (an inbound call's
+number comes with the verification, and `/v1/sandbox/inbound-calls` plays it); create_app adds
 these routes only when the provider is the sandbox, so in `newtel` mode `/demo` is a 404.
 """
 
@@ -13,10 +14,11 @@ from aiohttp import web
 
 from service.errors import NotFound
 
-# The page loads only its own script and stylesheet and talks only to its own origin.
+# The page loads only its own script and stylesheet and talks only to its own origin. Images
+# may come over https too: an inbound call's QR code is New-Tel's (`inbound.qr_code_uri`).
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src 'self' data: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _HEADERS = {
     "Content-Security-Policy": CSP,

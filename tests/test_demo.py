@@ -23,6 +23,7 @@ from conftest import IN_CI, Clock, make_settings
 from helpers import wrong
 
 from service.app import create_app
+from service.providers.sandbox import SANDBOX_CALL_TO
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -36,6 +37,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PHONE = "+7 903 567-51-24"
+# What New-Tel would give as an inbound call's QR code: the browser's requests for it are
+# answered by the test (Playwright routes), nothing leaves the machine.
+QR_URI = "https://qr.new-tel.example/74950000000.svg"
+QR_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="120" viewBox="0 0 3 3">'
+    b'<path d="M0 0h1v1H0zM2 0h1v1H2zM1 1h1v1H1zM0 2h1v1H0zM2 2h1v1H2z"/></svg>'
+)
 
 
 def sandbox_settings(**overrides: Any) -> Any:
@@ -70,6 +78,7 @@ async def test_demo_page_and_assets_are_served_with_a_csp(aiohttp_client: Any) -
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp
     assert "default-src 'none'" in csp
+    assert "img-src 'self' data: https:;" in csp  # New-Tel's QR codes, no other origin
     html = await page.text()
     # Everything the CSP allows: no inline script, no inline style, no handler attributes.
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)
@@ -244,7 +253,7 @@ async def test_voice_resend_max_checks_expiry_and_problem_details(
         flash = await page.locator("#call-number mark").inner_text()
 
         # Resend by voice: the phone now shows what the robot says, the code marked in it.
-        await page.get_by_label("by voice call").check()
+        await page.get_by_label("Resend as").select_option("voice_call")
         await page.get_by_role("button", name="Resend", exact=True).click()
         await _outcome(ui, "resent", "Called again by voice")
         text = page.locator("#call-text")
@@ -275,4 +284,122 @@ async def test_voice_resend_max_checks_expiry_and_problem_details(
         await _outcome(ui, "not_found", "Expired or not found")
         await ui.expect(page.locator("#result-problem")).to_contain_text("not_found")
         await page.screenshot(path=tmp_path / "demo-voice.png", full_page=True)
+    assert ui.errors == []
+
+
+def _seconds(countdown: str) -> int:
+    """ "Call within 0:58" as 58."""
+    minutes, seconds = re.search(r"(\d+):(\d\d)", countdown).groups()  # type: ignore[union-attr]
+    return int(minutes) * 60 + int(seconds)
+
+
+async def test_inbound_call_shows_the_number_and_a_countdown_then_approves_by_polling(
+    browser: Browser, tmp_path: Path
+) -> None:
+    ui, page = browser, browser.page
+    polls: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            polls.append(r.url) if r.method == "GET" and "/v1/verifications/vf_" in r.url else None
+        ),
+    )
+    async with serve() as url:
+        await page.goto(f"{url}/demo")
+        await _start(ui, PHONE, "Inbound call")
+        await _outcome(ui, "started", "Waiting for the call.")
+
+        # The number to call, as a tel: link; the sandbox has no QR code.
+        number = page.get_by_role("link", name=re.compile(r"^\+7 495"))
+        await ui.expect(number).to_have_text("+7 495 000-00-00")
+        assert re.sub(r"\D", "", await number.inner_text()) == SANDBOX_CALL_TO
+        await ui.expect(number).to_have_attribute("href", f"tel:+{SANDBOX_CALL_TO}")
+        await ui.expect(
+            page.get_by_role("img", name="QR code of the number to call")
+        ).to_be_hidden()
+        await ui.expect(page.locator("#call-kind")).to_contain_text("Call to verify")
+
+        # A live countdown to call_before (CALLAUTH_INBOUND_TIMEOUT_S, 60 s by default).
+        timer = page.get_by_role("timer")
+        await ui.expect(timer).to_have_text(re.compile(r"^Call within (1:00|0:[0-5]\d)$"))
+        first = await timer.inner_text()
+        await ui.expect(timer).not_to_have_text(first)
+        assert _seconds(await timer.inner_text()) < _seconds(first)
+
+        # Nothing to type.
+        await ui.expect(page.locator("#fact-length")).to_have_text("none")
+        await ui.expect(page.locator("#fact-status")).to_have_text("pending")
+        await ui.expect(page.get_by_label("Code", exact=True)).to_be_disabled()
+        await ui.expect(page.get_by_role("button", name="Check", exact=True)).to_be_disabled()
+        shot = tmp_path / "demo-inbound.png"
+        await page.screenshot(path=shot, full_page=True)
+        print(f"demo screenshot of the inbound call: {shot}")
+        assert shot.stat().st_size > 10_000
+
+        # The sandbox plays the user's call; the page sees the approval by polling the status.
+        await page.get_by_role("button", name="Call now").click()
+        await _outcome(ui, "approved", "Approved: the call came from the phone being verified.")
+        await ui.expect(page.locator("#fact-status")).to_have_text("approved")
+        await ui.expect(page.get_by_role("button", name="Call now")).to_be_hidden()
+        await ui.expect(timer).to_have_text("The call came in.")
+        await page.screenshot(path=tmp_path / "demo-inbound-approved.png", full_page=True)
+
+        # A final status stops the polling.
+        seen = len(polls)
+        assert seen >= 1
+        await asyncio.sleep(1.5)
+        assert len(polls) == seen, polls
+    assert ui.errors == []
+
+
+async def test_resend_switches_to_an_inbound_call_with_its_qr_code_and_back(
+    browser: Browser, tmp_path: Path
+) -> None:
+    ui, page = browser, browser.page
+
+    async def with_qr_code(route: Any) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        if body.get("inbound"):
+            body["inbound"]["qr_code_uri"] = QR_URI
+        await route.fulfill(response=response, json=body)
+
+    await page.route(re.compile(r"/v1/verifications/[^/]+/resend$"), with_qr_code)
+    await page.route(QR_URI, lambda route: route.fulfill(body=QR_SVG, content_type="image/svg+xml"))
+    async with serve(resend_cooldown_s=0) as url:
+        await page.goto(f"{url}/demo")
+        await _start(ui, "+7 903 567-51-26")
+        await ui.expect(page.locator("#call-number")).to_be_visible()
+        flash = await page.locator("#call-number mark").inner_text()
+
+        # Flash to inbound: the number to call and its QR code replace the flash call.
+        await page.get_by_label("Resend as").select_option("inbound_call")
+        await page.get_by_role("button", name="Resend", exact=True).click()
+        await _outcome(ui, "resent", "Now waiting for the user's call")
+        await ui.expect(page.locator("#call-number")).to_be_hidden()
+        await ui.expect(page.get_by_role("link", name="+7 495 000-00-00")).to_be_visible()
+        qr = page.get_by_role("img", name="QR code of the number to call")
+        await ui.expect(qr).to_be_visible()
+        await ui.expect(qr).to_have_attribute("src", QR_URI)
+        await page.wait_for_function(
+            "() => { const i = document.getElementById('call-qr'); "
+            "return i.complete && i.naturalWidth > 0; }"
+        )
+        await ui.expect(page.get_by_role("timer")).to_be_visible()
+        await ui.expect(page.get_by_label("Code", exact=True)).to_be_disabled()
+        await page.screenshot(path=tmp_path / "demo-inbound-qr.png", full_page=True)
+
+        # Inbound to voice: the wait is over, a code counts again (the latest call's only).
+        await page.get_by_label("Resend as").select_option("voice_call")
+        await page.get_by_role("button", name="Resend", exact=True).click()
+        await _outcome(ui, "resent", "Called again by voice")
+        await ui.expect(page.get_by_role("timer")).to_be_hidden()
+        await ui.expect(qr).to_be_hidden()
+        await ui.expect(page.get_by_role("button", name="Call now")).to_be_hidden()
+        marks = await page.locator("#call-text mark").all_inner_texts()
+        voice = re.sub(r"\D", "", marks[0])
+        await _check(ui, flash if flash != voice else wrong(voice))
+        await _outcome(ui, "wrong", "Wrong code, 4 tries left.")
+        await _check(ui, voice)
+        await _outcome(ui, "approved", "Approved")
     assert ui.errors == []

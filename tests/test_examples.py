@@ -16,6 +16,8 @@ import pytest
 from conftest import IN_CI
 from helpers import free_port
 
+from service.providers.sandbox import SANDBOX_CALL_TO
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -79,7 +81,8 @@ def _need(*tools: str) -> None:
         pytest.skip(reason)
 
 
-def _run(command: list[str], url: str, phone: str) -> str:
+def _approved(command: list[str], url: str, phone: str) -> list[str]:
+    """Run one example's flow; its output lines, the last of which says it was approved."""
     env = {**_clean_env(), "CALLAUTH_URL": url, "CALLAUTH_PHONE": phone}
     done = subprocess.run(
         command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
@@ -88,9 +91,22 @@ def _run(command: list[str], url: str, phone: str) -> str:
     lines = done.stdout.splitlines()
     assert lines, done.stderr
     assert lines[-1] == "approved", done.stdout
-    assert any(line.startswith("flash call from +7495") for line in lines), done.stdout
-    assert any(line.startswith("voice call says: ") for line in lines), done.stdout
-    return done.stdout
+    return lines
+
+
+def _run(command: list[str], url: str, phone: str) -> None:
+    lines = _approved(command, url, phone)
+    assert any(line.startswith("flash call from +7495") for line in lines), lines
+    assert any(line.startswith("voice call says: ") for line in lines), lines
+
+
+def _run_inbound(command: list[str], url: str, phone: str) -> None:
+    """The inbound flow: the number to call is shown, the sandbox plays the call, the status
+    poll sees the approval."""
+    lines = _approved([*command, "inbound"], url, phone)
+    assert any(line.endswith(": inbound call, no code") for line in lines), lines
+    assert any(line.startswith(f"the user calls +{SANDBOX_CALL_TO} before ") for line in lines)
+    assert "sandbox: the call was played" in lines, lines
 
 
 # Each example gets its own phone: the per-phone limit (5 calls an hour) stays out of the way.
@@ -108,6 +124,20 @@ def test_python_example(service_url: str) -> None:
 def test_javascript_example(service_url: str) -> None:
     _need("node")
     _run(["node", str(EXAMPLES / "client.mjs")], service_url, "+7 903 567-51-33")
+
+
+def test_curl_example_inbound(service_url: str) -> None:
+    _need("bash", "curl", "jq")
+    _run_inbound(["bash", str(EXAMPLES / "curl.sh")], service_url, "+7 903 567-51-34")
+
+
+def test_python_example_inbound(service_url: str) -> None:
+    _run_inbound([sys.executable, str(EXAMPLES / "client.py")], service_url, "+7 903 567-51-35")
+
+
+def test_javascript_example_inbound(service_url: str) -> None:
+    _need("node")
+    _run_inbound(["node", str(EXAMPLES / "client.mjs")], service_url, "+7 903 567-51-36")
 
 
 def test_examples_default_to_the_local_service() -> None:

@@ -3,6 +3,10 @@ holds no code, pin, API key, New-Tel key, token, secret or full phone number. Th
 exception is the code in the sandbox's own `sandbox call placed` event. Redis, after the same
 flows, holds no plain code and no key either.
 
+Inbound calls go through the fake New-Tel's real callbacks (approved, repeated, forged, wrong
+callId or number, superseded by a resend): the callback token's MAC, the only credential
+of that route, shows in no log line, Redis value, metric or answer body.
+
 Logs are read through `service_logs` (conftest.LogCapture): the service's real configuration
 (structlog processors, redaction and JSON renderer), and stdlib logging (aiohttp's own
 messages) at the level production lets through (WARNING and up).
@@ -13,10 +17,13 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
-from conftest import SECRET
+from conftest import SECRET, Clock
 from fake_newtel import OWN_PIN, VOICE_ECHO_PIN
-from helpers import STORES, digits_present, sandbox_codes, spoken_code, wrong
+from helpers import STORES, digits_present, metric, metrics_text, sandbox_codes, spoken_code, wrong
+
+from service.api import VERIFIER
 
 API_KEYS = "acme:sk-acme-live-7f3a9c0d2e41,beta:sk-beta-live-5b8e1f6a0c93"
 ACME = {"Authorization": "Bearer sk-acme-live-7f3a9c0d2e41"}
@@ -29,6 +36,9 @@ SANDBOX_PHONES = {"+7 (903) 567-51-24": "79035675124", "8 903 567-51-27": "79035
 SANDBOX_KZ = {"+7 701 123 45 67": "77011234567"}
 NEWTEL_PHONES = {"+7 (903) 567-51-31": "79035675131", "79035675132": "79035675132"}
 NEWTEL_KZ = {"+7 (701) 555-12-34": "77015551234"}
+SANDBOX_INBOUND = {"+7 (903) 567-51-29": "79035675129"}
+NEWTEL_INBOUND = {"+7 (903) 567-51-33": "79035675133", "8 903 567-51-34": "79035675134"}
+NOT_THE_CALLER = "79035675199"
 FAILING = "+7 903 567 51 40"
 
 
@@ -85,6 +95,16 @@ async def sandbox_flows(client: Any) -> set[str]:
     codes |= set(await sandbox_codes(client, "79035675128", BETA))
     vid = (await started.json())["id"]
     assert (await client.delete(f"/v1/verifications/{vid}", headers=BETA)).status == 200
+
+    # An inbound call, played by the sandbox; a second play finds nothing pending.
+    [(typed, _digits)] = SANDBOX_INBOUND.items()
+    started = await post(
+        client, "/v1/verifications", {"phone": typed, "channel": "inbound_call"}, ACME
+    )
+    assert started.status == 201
+    played = await post(client, "/v1/sandbox/inbound-calls", {"phone": typed}, ACME)
+    assert (await played.json())["status"] == "approved"
+    assert (await post(client, "/v1/sandbox/inbound-calls", {"phone": typed}, ACME)).status == 404
 
     # A test number: no call, a fixed code.
     started = await post(client, "/v1/verifications", {"phone": "+7 701 765-43-21"}, ACME)
@@ -196,6 +216,89 @@ async def newtel_flows(client: Any, fake: Any) -> set[str]:
     return codes
 
 
+async def inbound_flows(client: Any, fake: Any, clock: Clock) -> tuple[set[str], list[str]]:
+    """Inbound calls and New-Tel's callbacks, real HTTP from the fake into the service: forged,
+    wrong callId, wrong number, not JSON, approved, repeated, superseded by a resend, approved
+    after switching back. Returns the codes in play and every answer body."""
+    bodies: list[str] = []
+
+    async def callback(link: str, body: Any = None, raw: bytes | None = None) -> int:
+        path = urlsplit(link).path
+        resp = await (
+            client.post(path, data=raw) if raw is not None else client.post(path, json=body)
+        )
+        bodies.append(await resp.text())
+        return int(resp.status)
+
+    async def new_tels_callback(wait: Any = None) -> None:
+        status, answer = await fake.call_back(wait)
+        assert status == 200, answer
+        bodies.append(json.dumps(answer))
+
+    (typed, digits), (typed2, _digits2) = NEWTEL_INBOUND.items()
+    started = await post(
+        client, "/v1/verifications", {"phone": typed, "channel": "inbound_call"}, ACME
+    )
+    assert started.status == 201
+    bodies.append(await started.text())
+    vid = (await started.json())["id"]
+    wait = fake.inbound_waits()[-1]
+    link, call_id = wait.json["callbackLink"], fake.answered_call_ids[id(wait)]
+    head, _, mac = link.rpartition(".")
+    forged = f"{head}.{'A' if mac[0] != 'A' else 'B'}{mac[1:]}"
+    assert await callback(forged, {"callId": call_id, "clientNumber": digits}) == 404
+    assert await callback(link, {"callId": call_id + "0", "clientNumber": digits}) == 404
+    assert await callback(link, {"callId": call_id, "clientNumber": NOT_THE_CALLER}) == 404
+    assert await callback(link, raw=b'{"callId": ') == 400
+    await new_tels_callback(wait)
+    await new_tels_callback(wait)  # a repeat: 200, nothing changes
+    view = await client.get(f"/v1/verifications/{vid}", headers=ACME)
+    assert (await view.json())["status"] == "approved"
+    bodies.append(await view.text())
+
+    # Inbound, then a resend to a flash call: the first wait's callback no longer approves;
+    # back to inbound, whose own callback does.
+    started = await post(
+        client, "/v1/verifications", {"phone": typed2, "channel": "inbound_call"}, BETA
+    )
+    vid = (await started.json())["id"]
+    superseded = fake.inbound_waits()[-1]
+    clock.advance(1)  # each call its own token: the token binds the call's placed_at
+    resent = await post(client, f"/v1/verifications/{vid}/resend", {"channel": "flash_call"}, BETA)
+    assert resent.status == 200
+    pin = fake.calls_placed()[-1].json["pin"]
+    payload = {"callId": fake.answered_call_ids[id(superseded)], "clientNumber": typed2}
+    assert await callback(superseded.json["callbackLink"], payload) == 404
+    clock.advance(1)
+    resent = await post(
+        client, f"/v1/verifications/{vid}/resend", {"channel": "inbound_call"}, BETA
+    )
+    bodies.append(await resent.text())
+    await new_tels_callback()
+    checked = await post(client, f"/v1/verifications/{vid}/check", {"code": pin}, BETA)
+    assert checked.status == 409  # the latest call is inbound: no code
+    bodies.append(await checked.text())
+
+    text = await metrics_text(client)
+    counted = {
+        outcome: metric(text, "callauth_inbound_callbacks_total", outcome=outcome)
+        for outcome in ("approved", "duplicate", "rejected")
+    }
+    assert counted == {"approved": 2, "duplicate": 1, "rejected": 4}, counted
+    return {pin, wrong(pin), forged.rpartition(".")[2]}, bodies
+
+
+def callback_macs(client: Any, verifications: dict[str, Any]) -> set[str]:
+    """The MAC of the callback token of every inbound call in the store."""
+    verifier = client.app[VERIFIER]
+    return {
+        verifier._callback_token(v.id, call.placed_at_ms).rpartition(".")[2]
+        for v in verifications.values()
+        for call in v.calls
+        if call.channel == "inbound_call"
+    }
+
+
 def scan(text: str, codes: set[str], secrets: set[str], phones: set[str], where: str) -> None:
     for secret in secrets:
         assert secret not in text, (where, secret)
@@ -207,7 +310,7 @@ def scan(text: str, codes: set[str], secrets: set[str], phones: set[str], where:
 
 @STORES
 async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
-    make_app, backend, fake_newtel, service_logs
+    make_app, backend, fake_newtel, service_logs, clock
 ) -> None:
     sandbox = await make_app(
         api_keys=API_KEYS, resend_cooldown_s=0, test_numbers=f"{TEST_NUMBER}:{TEST_CODE}"
@@ -217,6 +320,7 @@ async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
         newtel=True, api_keys=API_KEYS, resend_cooldown_s=0, newtel_timeout_s=0.3
     )
     newtel_codes = await newtel_flows(newtel, fake_newtel)
+    inbound_codes, answers = await inbound_flows(newtel, fake_newtel, clock)
     codes = sandbox_codes_in_play | newtel_codes
 
     secrets = {
@@ -230,9 +334,26 @@ async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
     }
     # The signed tokens the service sent to New-Tel.
     secrets |= {r.headers["Authorization"] for r in fake_newtel.requests}
-    phones = {TEST_NUMBER, "79035675128", "79035675140"}
+    # The callback tokens' MACs: of every inbound call the store holds (the sandbox's too),
+    # which include those New-Tel was given; and the forged one a prober sent.
+    macs = callback_macs(newtel, await backend.verifications())
+    given = {str(w.json["callbackLink"]).rpartition(".")[2] for w in fake_newtel.inbound_waits()}
+    assert len(given) == 3
+    assert given < macs
+    assert all(len(mac) >= 22 for mac in macs)  # 128 bits, base64url
+    macs |= inbound_codes - {c for c in inbound_codes if c.isdigit()}
+    codes |= {c for c in inbound_codes if c.isdigit()}
+    secrets |= macs
+    phones = {TEST_NUMBER, "79035675128", "79035675140", NOT_THE_CALLER}
     typed = {FAILING, "+7 701 765-43-21", "+7 903 567 51 28"}
-    for table in (SANDBOX_PHONES, SANDBOX_KZ, NEWTEL_PHONES, NEWTEL_KZ):
+    for table in (
+        SANDBOX_PHONES,
+        SANDBOX_KZ,
+        SANDBOX_INBOUND,
+        NEWTEL_PHONES,
+        NEWTEL_KZ,
+        NEWTEL_INBOUND,
+    ):
         for as_typed, digits in table.items():
             phones |= {digits, digits[1:]}  # E.164 and the national number
             typed.add(as_typed)
@@ -241,6 +362,7 @@ async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
     events = {line["event"] for line in lines}
     # The capture did see the flows (otherwise a clean scan would prove nothing).
     assert {"call placed", "code checked", "sandbox call placed", "request"} <= events
+    assert "inbound callback" in events
     assert sum(line["event"] == "request" for line in lines) >= 50
     assert any(line.get("phone") == "7903***5124" for line in lines)
 
@@ -249,10 +371,22 @@ async def test_no_code_key_or_phone_reaches_the_logs_or_redis_in_any_flow(
     for line in lines:
         rest = dict(line)
         if line["event"] == "sandbox call placed":
-            assert line["code"] in codes  # the one place a code may show
+            # The one place a code may show; an inbound call has none.
+            assert line["code"] in codes or (
+                line["channel"] == "inbound_call" and line["code"] is None
+            ), line
             del rest["code"]
         scan(json.dumps(rest, ensure_ascii=False), codes, secrets | typed, phones, line["event"])
     scan(service_logs.stdlib_text(), codes, secrets | typed, phones, "stdlib logging")
+
+    # The callback token in no answer and no metric.
+    for body in answers:
+        for mac in macs:
+            assert mac not in body, (mac, body)
+    for app in (sandbox, newtel):
+        text = await metrics_text(app)
+        for secret in secrets - {"Bearer"}:
+            assert secret not in text, secret
 
     # Redis: no plain code, key or secret in any key, field, value or member (the phone is
     # in the verification's record by design; key names carry only its keyed hash).

@@ -1,10 +1,20 @@
-// The sandbox demo: start → see the call → check → resend, over the real /v1 API.
+// The sandbox demo: start → see the call → check → resend, over the real /v1 API; for an
+// inbound call: start → call the number ("Call now" plays it) → approved, seen by polling.
 // No framework, no build step. Server text is only ever set with textContent.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { verification: null, retryTimer: null, retryDeadline: 0, expiryTimer: null };
+  const state = {
+    verification: null,
+    retryTimer: null,
+    retryDeadline: 0,
+    expiryTimer: null,
+    pollTimer: null,
+    polling: false,
+  };
+  // How often the page asks for the status of a verification that waits for the user's call.
+  const POLL_MS = 1000;
 
   // --- the API ------------------------------------------------------------------------------
 
@@ -101,6 +111,8 @@
       rateLimited(Number.isFinite(seconds) && seconds > 0 ? seconds : 1, r.body);
     } else if (r.status === 404) {
       answer("not_found", "Expired or not found: start a new verification.", r.body);
+    } else if (r.status === 409 && r.body && r.body.code === "channel_has_no_code") {
+      answer("no_code", "No code to check: the latest call is inbound, the user's call approves it.", r.body);
     } else if (r.status === 409) {
       answer("max_checks", "Max checks reached: this verification takes no more codes. Start a new one.", r.body);
     } else {
@@ -113,25 +125,50 @@
 
   // --- the verification and its call --------------------------------------------------------
 
+  const secondsUntil = (time) => Math.max(0, Math.round((Date.parse(time) - Date.now()) / 1000));
+  const minutes = (left) => `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+
+  // "+7 495 000-00-00" for a Russian or Kazakh number, "+digits" for any other.
+  function formatNumber(number) {
+    const digits = String(number).replace(/\D/g, "");
+    const m = /^7(\d{3})(\d{3})(\d{2})(\d{2})$/.exec(digits);
+    return m ? `+7 ${m[1]} ${m[2]}-${m[3]}-${m[4]}` : `+${digits}`;
+  }
+
   function renderExpiry() {
     const v = state.verification;
     if (!v) return;
-    const left = Math.max(0, Math.round((Date.parse(v.expires_at) - Date.now()) / 1000));
-    const mm = Math.floor(left / 60);
-    const ss = String(left % 60).padStart(2, "0");
-    $("fact-expires").textContent = left > 0 ? `${mm}:${ss}` : "expired";
+    const left = secondsUntil(v.expires_at);
+    $("fact-expires").textContent = left > 0 ? minutes(left) : "expired";
+    renderCountdown();
   }
 
+  // An inbound call has no code: the code field waits for a call that has one.
+  function allowCode(allowed) {
+    $("code").disabled = !allowed;
+    $("check").disabled = !allowed;
+    $("code-hint").textContent = allowed
+      ? "4 to 8 digits, from the call."
+      : "No code for an inbound call: the user's call itself approves.";
+  }
+
+  // A whole verification as the API answers it (start, resend): replaces the one shown.
   function setVerification(v) {
-    state.verification = { ...(state.verification || {}), ...v };
+    state.verification = null;
+    updateVerification(v);
+    allowCode(!v.inbound);
+  }
+
+  // Some of its fields (a check's answer, a poll): merged into the one shown.
+  function updateVerification(fields) {
+    state.verification = { ...(state.verification || {}), ...fields };
     const cur = state.verification;
     $("fact-id").textContent = cur.id;
     $("fact-status").textContent = cur.status;
-    $("fact-length").textContent = String(cur.code_length);
+    $("fact-length").textContent = cur.code_length === null ? "none" : String(cur.code_length);
     $("fact-checks").textContent = String(cur.checks_left);
     $("fact-sends").textContent = String(cur.sends_left);
     $("facts").hidden = false;
-    $("check").disabled = false;
     $("resend").disabled = false;
     renderExpiry();
     if (state.expiryTimer === null) state.expiryTimer = setInterval(renderExpiry, 1000);
@@ -170,7 +207,106 @@
     el.hidden = false;
   }
 
+  // --- the inbound call: the number to call, its countdown, and the wait for it -------------
+
+  function hideInbound() {
+    for (const id of ["call-to-line", "call-qr", "call-countdown", "call-form"]) $(id).hidden = true;
+    $("call-qr").removeAttribute("src");
+  }
+
+  function renderCountdown() {
+    const v = state.verification;
+    if (!v || !v.inbound || v.status !== "pending" || $("call-countdown").hidden) return;
+    const left = secondsUntil(v.inbound.call_before);
+    if (left > 0) {
+      $("call-countdown").textContent = `Call within ${minutes(left)}`;
+    } else {
+      $("call-countdown").textContent = "Time is up: nobody waits for this call any more. Resend to try again.";
+      $("call-now").disabled = true;
+    }
+  }
+
+  // The phone shows what to dial (a tel: link, and New-Tel's QR code when there is one).
+  function renderInbound(v) {
+    const { call_to: callTo, qr_code_uri: qr, call_before: before } = v.inbound;
+    const digits = String(callTo).replace(/\D/g, "");
+    $("call-empty").hidden = true;
+    $("call").hidden = false;
+    $("call-number").hidden = true;
+    $("call-text").hidden = true;
+    $("call-kind").textContent = `Call to verify · before ${new Date(before).toLocaleTimeString()}`;
+    const link = $("call-to");
+    link.textContent = formatNumber(digits);
+    link.href = `tel:+${digits}`;
+    $("call-to-line").hidden = false;
+    const img = $("call-qr");
+    // Only an image: an https URL (New-Tel's) or inline data; anything else is not shown.
+    if (typeof qr === "string" && /^(https:|data:image\/)/i.test(qr)) {
+      img.src = qr;
+      img.hidden = false;
+    } else {
+      img.removeAttribute("src");
+      img.hidden = true;
+    }
+    $("call-countdown").hidden = false;
+    $("call-form").hidden = false;
+    $("call-now").disabled = false;
+    $("call-hint").textContent = "Call from the phone being verified. Nobody answers: the call drops, and there is nothing to type.";
+    renderCountdown();
+  }
+
+  function stopPolling() {
+    if (state.pollTimer !== null) {
+      clearInterval(state.pollTimer);
+      state.pollTimer = null;
+    }
+  }
+
+  // New-Tel tells the service when the user called; the page learns it by asking the status.
+  function startPolling(id) {
+    stopPolling();
+    state.pollTimer = setInterval(() => {
+      poll(id).catch((err) => answer("error", `Unexpected error: ${err}`));
+    }, POLL_MS);
+  }
+
+  async function poll(id) {
+    if (state.polling) return; // the previous answer is still on its way
+    state.polling = true;
+    try {
+      const r = await api("GET", `/v1/verifications/${encodeURIComponent(id)}`);
+      const cur = state.verification;
+      // Stopped meanwhile (a resend, a new start): this answer is about a wait that is over.
+      if (state.pollTimer === null || !cur || cur.id !== id) return;
+      if (!r.ok) {
+        if (r.status === 0 || r.status >= 500) return; // try again on the next tick
+        stopPolling();
+        if (r.status === 404) updateVerification({ status: "expired or not found" });
+        failure(r);
+        return;
+      }
+      const v = r.body;
+      updateVerification({ status: v.status, checks_left: v.checks_left, sends_left: v.sends_left });
+      if (v.status === "pending") return;
+      stopPolling();
+      $("call-form").hidden = true;
+      if (v.status === "approved") {
+        $("call-countdown").textContent = "The call came in.";
+        $("call-hint").textContent = "Nothing to type: the call itself verified the phone.";
+        answer("approved", "Approved: the call came from the phone being verified.");
+      } else {
+        $("call-countdown").hidden = true;
+        answer("spent", `This verification is ${v.status}: start a new one.`);
+      }
+    } finally {
+      state.polling = false;
+    }
+  }
+
+  // --- the flash or voice call the sandbox placed --------------------------------------------
+
   async function showCall(v) {
+    hideInbound();
     const r = await api("GET", `/v1/sandbox/calls?phone=${encodeURIComponent(v.phone)}`);
     if (!r.ok) {
       failure(r);
@@ -233,9 +369,17 @@
       return;
     }
     const v = r.body;
-    state.verification = null;
+    stopPolling();
     setVerification(v);
     $("code").value = "";
+    if (v.inbound) {
+      renderInbound(v);
+      startPolling(v.id);
+      const what = r.status === 201 ? "Waiting for the call." : "This phone had a pending verification: it now waits for the call (same id).";
+      answer("started", `${what} Dial the number shown from the phone being verified (in the sandbox: press Call now); this page sees the call by itself.`);
+      $("call-now").focus();
+      return;
+    }
     if (!(await showCall(v))) return;
     const how = channel === "voice_call" ? "Listen for the code" : `Type the last ${v.code_length} digits of the calling number`;
     const what = r.status === 201 ? "Call placed." : "This phone had a pending verification: the call was placed again (same id).";
@@ -256,15 +400,16 @@
     input.removeAttribute("aria-invalid");
     const r = await api("POST", `/v1/verifications/${encodeURIComponent(v.id)}/check`, { code });
     if (!r.ok) {
-      if (r.status === 409) setVerification({ status: "max_checks_reached", checks_left: 0 });
-      if (r.status === 404) setVerification({ status: "expired or not found" });
+      const spent = r.status === 409 && r.body && r.body.code === "max_checks_reached";
+      if (spent) updateVerification({ status: "max_checks_reached", checks_left: 0 });
+      if (r.status === 404) updateVerification({ status: "expired or not found" });
       failure(r);
       return;
     }
     const b = r.body;
     const update = { status: b.status };
     if (typeof b.checks_left === "number") update.checks_left = b.checks_left;
-    setVerification(update);
+    updateVerification(update);
     if (b.valid) {
       answer("approved", "Approved: the phone is verified.");
     } else if (b.status === "pending") {
@@ -278,18 +423,37 @@
 
   async function resend() {
     const v = state.verification;
-    const body = $("resend-voice").checked ? { channel: "voice_call" } : {};
+    const channel = $("resend-channel").value;
+    const body = channel ? { channel } : {};
     const r = await api("POST", `/v1/verifications/${encodeURIComponent(v.id)}/resend`, body);
     if (!r.ok) {
       failure(r);
       return;
     }
+    // The latest call decides: a wait for an older inbound call is over.
+    stopPolling();
     setVerification(r.body);
     $("code").value = "";
+    if (r.body.inbound) {
+      renderInbound(r.body);
+      startPolling(r.body.id);
+      answer("resent", "Now waiting for the user's call: only the latest call counts, older codes no longer do.");
+      $("call-now").focus();
+      return;
+    }
     if (!(await showCall(r.body))) return;
     const how = r.body.channel === "voice_call" ? "by voice" : "as a flash call";
     answer("resent", `Called again ${how}: only the latest call's code counts.`);
     $("code").focus();
+  }
+
+  // The sandbox plays the user's call; the status poll then sees the approval, as it would
+  // see New-Tel's callback in production.
+  async function callNow() {
+    const v = state.verification;
+    answer("calling", `Calling ${formatNumber(v.inbound.call_to)} from ${formatNumber(v.phone)}: waiting for the service to see the call.`);
+    const r = await api("POST", "/v1/sandbox/inbound-calls", { phone: v.phone });
+    if (!r.ok) failure(r);
   }
 
   function bind(formId, action) {
@@ -303,4 +467,5 @@
   bind("start-form", start);
   bind("check-form", check);
   bind("resend-form", resend);
+  bind("call-form", callNow);
 })();
