@@ -173,6 +173,7 @@ if "namespace" in kust:
     fail("kustomization sets a namespace; the base must be namespace-agnostic")
 
 docs = {}
+secrets = {}  # two: the settings' (envFrom) and the clients file's (a volume)
 for name in sorted(listed):
     for doc in yaml.safe_load_all(open(f"deploy/k8s/{name}")):
         if not doc:
@@ -182,7 +183,12 @@ for name in sorted(listed):
             fail(f"{name}: metadata.namespace set; manifests must be namespace-agnostic")
         if meta.get("labels", {}).get("app.kubernetes.io/name") != "callauth":
             fail(f"{name}: missing label app.kubernetes.io/name: callauth")
-        docs[doc["kind"]] = doc
+        if doc["kind"] == "Secret":
+            secrets[meta["name"]] = (name, doc)
+        else:
+            docs[doc["kind"]] = doc
+if "callauth-secrets" in secrets:
+    docs["Secret"] = secrets["callauth-secrets"][1]
 
 for kind in ("Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
     if kind not in docs:
@@ -233,6 +239,23 @@ if ports.get("http") != 8080:
 refs = {next(iter(e.values()))["name"] for e in c.get("envFrom", [])}
 if refs != {docs["ConfigMap"]["metadata"]["name"], docs["Secret"]["metadata"]["name"]}:
     fail(f"envFrom {sorted(refs)} must reference the ConfigMap and the Secret")
+
+# The clients file: a Secret of its own (it holds webhook secrets), mounted read-only as a
+# directory (a subPath mount would never see the Secret updated), named by the ConfigMap.
+if set(secrets) != {"callauth-secrets", "callauth-clients"}:
+    fail(f"Secrets {sorted(secrets)} != callauth-secrets (settings), callauth-clients (clients file)")
+clients_file = docs["ConfigMap"]["data"].get("CALLAUTH_CLIENTS_FILE", "")
+clients_vol = [n for n, v in vols.items() if v.get("secret", {}).get("secretName") == "callauth-clients"]
+clients_mount = [m for m in c.get("volumeMounts", []) if m["name"] in clients_vol]
+if len(clients_mount) != 1 or clients_mount[0].get("readOnly") is not True or "subPath" in clients_mount[0]:
+    fail("callauth-clients must be mounted once, readOnly, without subPath")
+if os.path.dirname(clients_file) != clients_mount[0]["mountPath"].rstrip("/"):
+    fail(f"CALLAUTH_CLIENTS_FILE {clients_file!r} is not a file of the callauth-clients mount")
+clients_data = secrets["callauth-clients"][1].get("stringData", {})
+if "data" in secrets["callauth-clients"][1] or set(clients_data) != {os.path.basename(clients_file)}:
+    fail(f"clients Secret must hold stringData {os.path.basename(clients_file)!r} only")
+if "REPLACE-ME" not in clients_data[os.path.basename(clients_file)]:
+    fail("the clients file template must hold REPLACE-ME placeholders")
 for key in ("requests", "limits"):
     if not {"cpu", "memory"} <= set(c.get("resources", {}).get(key, {})):
         fail(f"resources.{key} must set cpu and memory")
@@ -242,9 +265,10 @@ for key in ("CALLAUTH_REDIS_URL", "CALLAUTH_LOG_FORMAT"):
     if key not in cm:
         fail(f"ConfigMap lacks {key}")
 bad = [k for k in cm if not k.startswith("CALLAUTH_")]
-secret_keys = {"CALLAUTH_SECRET", "CALLAUTH_API_KEYS", "CALLAUTH_NEWTEL_ACCESS_KEY", "CALLAUTH_NEWTEL_SIGNATURE_KEY"}
-if bad or secret_keys & set(cm):
-    fail(f"ConfigMap must hold only non-secret CALLAUTH_* settings: {sorted(bad or secret_keys & set(cm))}")
+# The API keys are in the clients file, as hashes (CALLAUTH_API_KEYS would conflict with it).
+secret_keys = {"CALLAUTH_SECRET", "CALLAUTH_NEWTEL_ACCESS_KEY", "CALLAUTH_NEWTEL_SIGNATURE_KEY"}
+if bad or (secret_keys | {"CALLAUTH_API_KEYS"}) & set(cm):
+    fail(f"ConfigMap must hold only non-secret CALLAUTH_* settings: {sorted(bad or (secret_keys | {'CALLAUTH_API_KEYS'}) & set(cm))}")
 
 # The Secret is a template: every value must be an obvious placeholder.
 sec = docs["Secret"]
@@ -259,7 +283,7 @@ if real:
 print("ok")
 PY
 }
-check "k8s: kustomization lists every manifest; labels, selectors, securityContext, probes, placeholder-only Secret" k8s_consistency
+check "k8s: kustomization lists every manifest; labels, selectors, securityContext, probes, placeholder-only Secrets, the clients file mounted from its Secret" k8s_consistency
 
 # ---------------------------------------------------------------- compose
 check "compose: deploy/docker-compose.yml valid against the compose-spec schema" \

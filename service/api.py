@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -20,6 +18,7 @@ from pydantic import (
     ValidationError,
 )
 
+from service.clients import ClientRegistry, Profile
 from service.errors import (
     InvalidRequest,
     MalformedJson,
@@ -31,7 +30,6 @@ from service.errors import (
 )
 from service.phones import normalize
 from service.providers.sandbox import SandboxProvider
-from service.settings import Settings
 from service.verification import CheckResult, Verification, Verifier
 
 M = TypeVar("M", bound=BaseModel)
@@ -142,28 +140,20 @@ class SandboxCallsOut(BaseModel):
 
 VERIFIER = web.AppKey("verifier", Verifier)
 SANDBOX: web.AppKey[SandboxProvider | None] = web.AppKey("sandbox")
-API_KEYS = web.AppKey("api_keys", dict)
+CLIENTS = web.AppKey("clients", ClientRegistry)
 
 
-def api_key_digests(settings: Settings) -> dict[str, bytes]:
-    keys = {c: k.get_secret_value() for c, k in settings.api_keys.items()} or {"dev": "dev"}
-    return {client: hashlib.sha256(key.encode()).digest() for client, key in keys.items()}
-
-
-def _client(request: web.Request) -> str:
+def _client(request: web.Request) -> Profile:
+    """The profile of the client whose key the request carries, as in force now: the request
+    keeps it to the end, whatever a reload does meanwhile."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send Authorization: Bearer <api key>")
-    given = hashlib.sha256(token.strip().encode()).digest()
-    found = None
-    # Compare against every key, so timing says nothing of which keys exist.
-    for client, digest in request.app[API_KEYS].items():
-        if hmac.compare_digest(given, digest):
-            found = client
-    if found is None:
+    profile = request.app[CLIENTS].authenticate(token.strip())
+    if profile is None:
         raise Unauthorized("unknown api key")
-    return str(found)
+    return profile
 
 
 class _RepeatedKey(Exception):
@@ -334,7 +324,7 @@ async def sandbox_calls(request: web.Request) -> web.Response:
             "the phone query parameter is required",
             extra={"errors": [{"field": "phone", "message": "required"}]},
         )
-    calls = sandbox.calls(normalize(raw).e164_digits, client)
+    calls = sandbox.calls(normalize(raw).e164_digits, client.id)
     return json_response(
         {
             "calls": [

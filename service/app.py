@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from service import api, demo, openapi
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
+from service.clients import ClientRegistry, Clients, load_clients
 from service.errors import ServiceError
 from service.keyed import new_secret
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -86,7 +88,7 @@ def _provider(
     """The sandbox, or New-Tel behind its circuits; what else the app needs of them is kept
     on the app (the sandbox's call log, New-Tel's client for the monitor, the breaker)."""
     if settings.provider_name == "sandbox":
-        sandbox = app[api.SANDBOX] = SandboxProvider(settings.code_length)
+        sandbox = app[api.SANDBOX] = SandboxProvider()
         return sandbox
     newtel = app[NEWTEL] = _newtel(settings)
     breaker = app[BREAKER] = CircuitBreaker(
@@ -107,22 +109,57 @@ def _provider(
     )
 
 
+def _sighup_ctx(registry: ClientRegistry) -> Callable[[web.Application], AsyncIterator[None]]:
+    """SIGHUP reloads the clients file, where the loop can take signals (the main thread of a
+    Unix process: `python -m service`); elsewhere the file is read at start-up only."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        sighup = getattr(signal, "SIGHUP", None)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_sighup() -> None:
+            task = loop.create_task(registry.reload(), name="clients-reload")
+            reloads.add(task)  # a task nobody holds may be collected mid-run
+            task.add_done_callback(reloads.discard)
+
+        try:
+            if sighup is None:
+                raise NotImplementedError("no SIGHUP here")
+            loop.add_signal_handler(sighup, on_sighup)
+        except (NotImplementedError, RuntimeError, ValueError) as exc:
+            log.info("SIGHUP not handled: the clients file is read at start-up only", why=str(exc))
+            yield
+            return
+        yield
+        loop.remove_signal_handler(sighup)
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
+
+    return ctx
+
+
 def create_app(
     settings: Settings,
     *,
     clock: Callable[[], float] = time.time,
     redis: Any = None,
     monotonic: Callable[[], float] = time.monotonic,
+    clients: Clients | None = None,
 ) -> web.Application:
     """Build the application; resources open and close with it (cleanup_ctx). `clock` is the
-    wall clock of the verifications; `monotonic` times the circuits and the status budget."""
+    wall clock of the verifications; `monotonic` times the circuits and the status budget.
+    `clients`: as `load_clients(settings)` reads them (which raises ClientsError), if not given."""
     app = web.Application(client_max_size=MAX_BODY)
     metrics = app[METRICS] = Metrics()
     app[BREAKER] = None
     app[MONITOR] = None
     app[NEWTEL] = None
     app[api.SANDBOX] = None
-    app[api.API_KEYS] = api.api_key_digests(settings)
+    registry = app[api.CLIENTS] = ClientRegistry(
+        settings, clients if clients is not None else load_clients(settings), metrics
+    )
     app[ACCESS_LOG] = settings.log_level in ("debug", "info")
 
     if settings.secret is None:
@@ -130,7 +167,7 @@ def create_app(
         secret = new_secret()
     else:
         secret = settings.secret.get_secret_value().encode()
-    if not settings.api_keys:
+    if settings.uses_dev_key:
         log.warning("CALLAUTH_API_KEYS is unset: one client 'dev' with key 'dev' (sandbox only)")
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -175,12 +212,15 @@ def create_app(
             clock=clock,
             metrics=metrics,
             sandbox=app[api.SANDBOX],
+            profiles=registry.profile,
         )
         log.info("started", provider=provider.name, cluster=settings.cluster)
         yield
 
     # One context per resource: a close that fails still lets the others close.
     app.cleanup_ctx.extend([store_ctx, provider_ctx, monitor_ctx, verifier_ctx])
+    if settings.clients_file is not None:
+        app.cleanup_ctx.append(_sighup_ctx(registry))
     sandbox = settings.provider_name == "sandbox"
     add_routes(
         app,

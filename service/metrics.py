@@ -133,6 +133,17 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "callauth_config_reloads_total",
+            "Reloads of the clients file (SIGHUP) by result: ok (in force for the next "
+            "request) or error (refused; the clients in force stay)",
+            ["result"],
+            registry=r,
+        )
+        # Both series from the start: increase() misses a series' first sample, so a first
+        # failed reload would go unseen by an alert.
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
         self.balance_checked = Gauge(
             "callauth_newtel_balance_checked_timestamp_seconds",
             "When the balance was last read",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import phonenumbers
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CHANNELS = ("flash_call", "voice_call", "inbound_call")
@@ -25,7 +26,8 @@ class Limit:
     window_s: int
 
 
-def _parse_limit(value: object) -> Limit:
+def parse_limit(value: object) -> Limit:
+    """`count/seconds` (or a Limit, or a pair) as a Limit."""
     if isinstance(value, Limit):
         return value
     if isinstance(value, tuple | list) and len(value) == 2:
@@ -46,9 +48,9 @@ def _parse_limits(value: object) -> tuple[Limit, ...]:
     if isinstance(value, Limit):
         return (value,)
     if isinstance(value, tuple | list) and value and not isinstance(value[0], int | str):
-        limits = tuple(_parse_limit(item) for item in value)
+        limits = tuple(parse_limit(item) for item in value)
     else:
-        limits = tuple(_parse_limit(item) for item in _split(value))
+        limits = tuple(parse_limit(item) for item in _split(value))
     if not limits:
         raise ValueError("expected count/seconds windows, e.g. 5/3600,10/86400")
     if len({limit.window_s for limit in limits}) != len(limits):
@@ -70,6 +72,63 @@ def _split(value: object) -> list[str]:
     if isinstance(value, list | tuple | set | frozenset):
         return [str(item) for item in value]
     raise ValueError("expected a comma-separated list")
+
+
+# The rules below are shared by the CALLAUTH_* settings and the clients file (clients.py).
+VOICE_TEXT_MAX = 200
+# Codes the service makes are 4..8 digits: a voice text is measured with the longest.
+_LONGEST_CODE = "0" * 8
+
+
+def parse_channels(value: object) -> frozenset[str]:
+    """A non-empty set of CHANNELS, from a comma-separated list or a list."""
+    channels = frozenset(item.lower() for item in _split(value))
+    unknown = sorted(channels - set(CHANNELS))
+    if not channels or unknown:
+        raise ValueError(
+            f"unknown channel {', '.join(unknown) or '(none)'}; known: {', '.join(CHANNELS)}"
+        )
+    return channels
+
+
+def parse_countries(value: object) -> frozenset[str]:
+    """ISO 3166 alpha-2 region codes, upper-cased."""
+    regions = frozenset(item.upper() for item in _split(value))
+    if not regions or any(len(r) != 2 or not r.isalpha() for r in regions):
+        raise ValueError("expected ISO 3166 alpha-2 region codes, e.g. RU,KZ")
+    return regions
+
+
+def parse_test_numbers(pairs: Iterable[tuple[object, object]]) -> dict[str, str]:
+    """(phone, code) pairs as {E.164 digits: code}; codes of 4..8 digits."""
+    # Imported here so settings stay importable without the phone rules.
+    from service.errors import InvalidPhone
+    from service.phones import normalize
+
+    numbers: dict[str, str] = {}
+    for phone, code in pairs:
+        code = str(code)
+        if not code.isascii() or not code.isdigit() or not 4 <= len(code) <= 8:
+            raise ValueError("expected phone:code pairs with 4..8 digit codes")
+        try:
+            numbers[normalize(str(phone)).e164_digits] = code
+        except InvalidPhone:
+            raise ValueError(f"{phone!r} is not a valid phone number") from None
+    return numbers
+
+
+def check_voice_text(value: str, name: str | None = None) -> str:
+    """`value` if it holds `{code}` and stays within 200 characters once the longest code (and
+    `name`, when given, for `{name}`) is in it."""
+    if "{code}" not in value:
+        raise ValueError("must contain {code}")
+    spoken = value.replace("{code}", _LONGEST_CODE)
+    if name is not None:
+        spoken = spoken.replace("{name}", name)
+    if len(spoken) > VOICE_TEXT_MAX:
+        what = "{name} and the code" if name is not None and "{name}" in value else "the code"
+        raise ValueError(f"longer than {VOICE_TEXT_MAX} characters with {what} in it")
+    return value
 
 
 class Settings(BaseSettings):
@@ -97,6 +156,8 @@ class Settings(BaseSettings):
     newtel_timeout_s: float = Field(10.0, gt=0, le=120)
     call_timeout_s: int = Field(20, ge=20, le=99)
     api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    # After api_keys: its validator sees them (the two are exclusive).
+    clients_file: Path | None = None
     secret: SecretStr | None = None
     code_ttl_s: int = Field(300, ge=30, le=3600)
     code_length: int = Field(5, ge=4, le=8)
@@ -104,12 +165,12 @@ class Settings(BaseSettings):
     max_sends: int = Field(3, ge=1, le=20)
     resend_cooldown_s: int = Field(60, ge=0, le=3600)
     phone_limit: Annotated[tuple[Limit, ...], NoDecode] = _parse_limits("5/3600,10/86400")
-    phone_guess_limit: Annotated[Limit, NoDecode] = _parse_limit("10/86400")
+    phone_guess_limit: Annotated[Limit, NoDecode] = parse_limit("10/86400")
     allowed_number_types: Annotated[frozenset[str], NoDecode] = frozenset(
         {"mobile", "fixed_line_or_mobile"}
     )
     denied_prefixes: Annotated[tuple[str, ...], NoDecode] = ("7840", "7940")
-    ipv6_48_limit: Annotated[Limit, NoDecode] = _parse_limit("100/3600")
+    ipv6_48_limit: Annotated[Limit, NoDecode] = parse_limit("100/3600")
     require_ip: bool = False
     public_url: str | None = None
     body_timeout_s: float = Field(5.0, gt=0, le=300)
@@ -117,8 +178,8 @@ class Settings(BaseSettings):
     # New-Tel call-status requests per second, all clients together (per process): polling
     # can never crowd out call starts.
     status_budget_per_s: float = Field(10.0, gt=0, le=1000)
-    ip_limit: Annotated[Limit, NoDecode] = _parse_limit("20/3600")
-    client_limit: Annotated[Limit, NoDecode] = _parse_limit("1000/3600")
+    ip_limit: Annotated[Limit, NoDecode] = parse_limit("20/3600")
+    client_limit: Annotated[Limit, NoDecode] = parse_limit("1000/3600")
     allowed_countries: Annotated[frozenset[str], NoDecode] = frozenset({"RU", "KZ"})
     test_numbers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     voice_text: str = DEFAULT_VOICE_TEXT
@@ -138,7 +199,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _limit(cls, value: object) -> Limit:
-        return _parse_limit(value)
+        return parse_limit(value)
 
     @field_validator("phone_limit", mode="before")
     @classmethod
@@ -160,13 +221,7 @@ class Settings(BaseSettings):
     @field_validator("channels", mode="before")
     @classmethod
     def _channels(cls, value: object) -> frozenset[str]:
-        channels = frozenset(item.lower() for item in _split(value))
-        unknown = sorted(channels - set(CHANNELS))
-        if not channels or unknown:
-            raise ValueError(
-                f"unknown channel {', '.join(unknown) or '(none)'}; known: {', '.join(CHANNELS)}"
-            )
-        return channels
+        return parse_channels(value)
 
     @field_validator("denied_prefixes", mode="before")
     @classmethod
@@ -193,42 +248,43 @@ class Settings(BaseSettings):
             raise ValueError("two clients share a key")
         return keys
 
+    @field_validator("clients_file", mode="before")
+    @classmethod
+    def _clients_file(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("clients_file")
+    @classmethod
+    def _one_source_of_keys(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("api_keys"):
+            raise ValueError(
+                "set either CALLAUTH_CLIENTS_FILE or CALLAUTH_API_KEYS, not both "
+                "(the file holds every client's keys)"
+            )
+        return value
+
     @field_validator("allowed_countries", mode="before")
     @classmethod
     def _countries(cls, value: object) -> frozenset[str]:
-        regions = frozenset(item.upper() for item in _split(value))
-        if not regions or any(len(r) != 2 or not r.isalpha() for r in regions):
-            raise ValueError("expected ISO 3166 alpha-2 region codes, e.g. RU,KZ")
-        return regions
+        return parse_countries(value)
 
     @field_validator("test_numbers", mode="before")
     @classmethod
     def _test_numbers(cls, value: object) -> dict[str, str]:
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
-        # Imported here so settings stay importable without the phone rules.
-        from service.errors import InvalidPhone
-        from service.phones import normalize
-
-        numbers: dict[str, str] = {}
+        if isinstance(value, Mapping):
+            return parse_test_numbers(value.items())
+        pairs = []
         for pair in _split(value):
             phone, sep, code = pair.rpartition(":")
-            if not sep or not code.isdigit() or not 4 <= len(code) <= 8:
+            if not sep:
                 raise ValueError("expected phone:code pairs with 4..8 digit codes")
-            try:
-                numbers[normalize(phone).e164_digits] = code
-            except InvalidPhone:
-                raise ValueError(f"{phone!r} is not a valid phone number") from None
-        return numbers
+            pairs.append((phone, code))
+        return parse_test_numbers(pairs)
 
     @field_validator("voice_text")
     @classmethod
     def _voice_text(cls, value: str) -> str:
-        if "{code}" not in value:
-            raise ValueError("must contain {code}")
-        if len(value.replace("{code}", "0" * 8)) > 200:
-            raise ValueError("longer than 200 characters with the code in it")
-        return value
+        return check_voice_text(value)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -246,13 +302,20 @@ class Settings(BaseSettings):
                     "CALLAUTH_PROVIDER=newtel needs CALLAUTH_NEWTEL_ACCESS_KEY "
                     "and CALLAUTH_NEWTEL_SIGNATURE_KEY"
                 )
-            if not self.api_keys:
-                raise ValueError("CALLAUTH_PROVIDER=newtel needs CALLAUTH_API_KEYS")
+            if not self.api_keys and self.clients_file is None:
+                raise ValueError(
+                    "CALLAUTH_PROVIDER=newtel needs CALLAUTH_API_KEYS or CALLAUTH_CLIENTS_FILE"
+                )
         return self
 
     @property
     def provider_name(self) -> Literal["newtel", "sandbox"]:
         return self.provider or "sandbox"
+
+    @property
+    def uses_dev_key(self) -> bool:
+        """No keys given: one client `dev` whose key is `dev`."""
+        return not self.api_keys and self.clients_file is None
 
     @property
     def cluster(self) -> bool:
@@ -300,7 +363,7 @@ def _url_problem(url: str) -> str | None:
     return "must be an https:// URL"
 
 
-def _texts(value: object) -> Iterator[str]:
+def strings_in(value: object) -> Iterator[str]:
     """Every string inside a setting's value, secrets included (keys of a mapping too)."""
     if isinstance(value, SecretStr):
         yield value.get_secret_value()
@@ -308,11 +371,11 @@ def _texts(value: object) -> Iterator[str]:
         yield value
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _texts(key)
-            yield from _texts(item)
+            yield from strings_in(key)
+            yield from strings_in(item)
     elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
-            yield from _texts(item)
+            yield from strings_in(item)
 
 
 def _given(value: SecretStr | None) -> bool:
@@ -333,16 +396,16 @@ def startup_problem(settings: Settings) -> tuple[str, str] | None:
             f"unset while CALLAUTH_NEWTEL_{given}_KEY is set; "
             "set both for New-Tel, or neither for the sandbox",
         )
-    if not settings.api_keys and not is_loopback(settings.host):
+    if settings.uses_dev_key and not is_loopback(settings.host):
         return (
             "CALLAUTH_API_KEYS",
             f"unset (the built-in key 'dev') while CALLAUTH_HOST={settings.host} "
-            "is not a loopback address; set client_id:key pairs",
+            "is not a loopback address; set client_id:key pairs, or CALLAUTH_CLIENTS_FILE",
         )
     if settings.provider_name != "newtel":
         return None
     for field in type(settings).model_fields:
-        if any(PLACEHOLDER in text for text in _texts(getattr(settings, field))):
+        if any(PLACEHOLDER in text for text in strings_in(getattr(settings, field))):
             return variable(field), f"holds the placeholder {PLACEHOLDER}; set the real value"
     secret = settings.secret.get_secret_value() if settings.secret is not None else ""
     if len(secret.encode()) < MIN_SECRET_BYTES:
@@ -357,6 +420,8 @@ def startup_problem(settings: Settings) -> tuple[str, str] | None:
             "CALLAUTH_REDIS_URL",
             "unset in newtel mode: the embedded store serves one process only",
         )
+    # Only plain keys have a length to measure: the clients file holds SHA-256 hashes (its
+    # REPLACE-ME placeholders are refused when it is read: clients.load_clients).
     for client, key in sorted(settings.api_keys.items()):
         if len(key.get_secret_value()) < MIN_API_KEY_CHARS:
             return (

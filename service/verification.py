@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import ipaddress
 import json
@@ -32,6 +33,7 @@ from typing import Any, cast
 
 import structlog
 
+from service.clients import Profile, settings_profile
 from service.errors import (
     ChannelHasNoCode,
     ChannelNotAllowed,
@@ -64,6 +66,11 @@ log = structlog.get_logger("service.verification")
 
 # A repeat of a running request waits this long in all (0.75 s), then answers 409.
 _IDEMPOTENCY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
+# The pin a flash call proposes to New-Tel (which may answer with a pin of its own).
+NEWTEL_PIN_LENGTH = 5
+# A client: its Profile (the HTTP layer passes the one its key was authenticated with, so a
+# reload in mid-request changes nothing for it) or its id (the profile in force is looked up).
+ClientRef = Profile | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +115,18 @@ class CheckResult:
     checks_left: int | None
 
 
+def _client_id(client: ClientRef) -> str:
+    return client.id if isinstance(client, Profile) else client
+
+
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 class Verifier:
-    """Applies the contract's rules over a Store and a Provider."""
+    """Applies the contract's rules over a Store and a Provider. What is per client (channels,
+    TTL, code length, budgets, countries, test numbers, voice text) comes from the client's
+    Profile; what protects a phone or an IP (its windows, guesses, cooldown) is global."""
 
     def __init__(
         self,
@@ -125,11 +138,14 @@ class Verifier:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         sandbox: CallLog | None = None,
+        profiles: Callable[[str], Profile] | None = None,
     ) -> None:
         """`sandbox`: the sandbox's call log, told which verification each call belongs to
-        (None with a real provider, whose calls' outcomes are asked for instead)."""
+        (None with a real provider, whose calls' outcomes are asked for instead). `profiles`:
+        a client's profile in force by its id (default: the settings for every client)."""
         self.metrics = metrics or Metrics()
         self.settings = settings
+        self._profiles = profiles or functools.cache(functools.partial(settings_profile, settings))
         self.store = store
         self.provider = provider
         self.sandbox = sandbox
@@ -139,6 +155,9 @@ class Verifier:
         public = settings.public_url or f"http://{settings.host}:{settings.port}"
         self._public_url = public.rstrip("/")
         self.inbound = InboundCalls(self)
+
+    def _profile(self, client: ClientRef) -> Profile:
+        return client if isinstance(client, Profile) else self._profiles(client)
 
     def _count(self, counter: Any, *labels: str) -> None:
         self.metrics.child(counter, *labels).inc()
@@ -152,7 +171,8 @@ class Verifier:
         digest = self._keyed(message)[:16]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def view(self, v: StoredVerification) -> Verification:
+    def view(self, v: StoredVerification, p: Profile) -> Verification:
+        """What callers see of `v`, a verification of the client of `p`."""
         last = v.calls[-1]
         inbound = None
         if last.channel == "inbound_call":
@@ -165,7 +185,7 @@ class Verifier:
             code_length=None if inbound else v.code_length,
             expires_at=_utc(v.expires_at_ms),
             checks_left=v.checks_left,
-            sends_left=max(0, self.settings.max_sends - v.sends),
+            sends_left=max(0, p.max_sends - v.sends),
             # The cooldown that holds the phone now, from its last call.
             resend_after=_utc(v.calls[-1].placed_at_ms + self.settings.resend_cooldown_s * 1000),
             calls=[
@@ -179,21 +199,21 @@ class Verifier:
 
     async def start(
         self,
-        client: str,
+        client: ClientRef,
         raw_phone: str,
         channel: Channel,
         ip: str | None,
         idempotency_key: str | None = None,
     ) -> tuple[Verification, bool]:
         """Place a call; returns the verification and whether it is new (201) or a resend."""
-        s = self.settings
+        s, p = self.settings, self._profile(client)
         phone = normalize(raw_phone)
-        if phone.region not in s.allowed_countries:
+        if phone.region not in p.allowed_countries:
             raise CountryNotAllowed(f"numbers of region {phone.region or '??'} are not served")
         digits = phone.e164_digits
-        self._refuse_unless_offered(channel, digits)
+        self._refuse_unless_offered(p, channel, digits)
         # A test number places no call, so it costs nothing whatever its kind.
-        if digits not in s.test_numbers:
+        if digits not in p.test_numbers:
             self._refuse_unless_callable(phone)
         if ip is None and s.require_ip:
             raise InvalidRequest(
@@ -202,26 +222,26 @@ class Verifier:
             )
         ips = _ip_buckets(ip, s) if ip else ()
         if idempotency_key is None:
-            return await self._send(client, digits, channel, ips, None)
-        ttl_ms = s.code_ttl_s * 1000
+            return await self._send(p, digits, channel, ips, None)
+        ttl_ms = p.code_ttl_s * 1000
         # What binds the key to its request: the same phone, channel and ip.
         fingerprint = self._fingerprint(f"{digits}|{channel}|{ip or ''}")
-        replay = await self._idempotent_replay(client, idempotency_key, fingerprint, ttl_ms)
+        replay = await self._idempotent_replay(p, idempotency_key, fingerprint, ttl_ms)
         if replay is not None:
             return replay
         try:
-            verification, created = await self._send(client, digits, channel, ips, None)
+            verification, created = await self._send(p, digits, channel, ips, None)
         except BaseException:
-            await asyncio.shield(self._forget(client, idempotency_key))
+            await asyncio.shield(self._forget(p.id, idempotency_key))
             raise
         answer = json.dumps({"fp": fingerprint, "id": verification.id, "created": created})
-        await self.store.idempotency_store(client, idempotency_key, answer, ttl_ms)
+        await self.store.idempotency_store(p.id, idempotency_key, answer, ttl_ms)
         return verification, created
 
-    def _refuse_unless_offered(self, channel: Channel, phone: str) -> None:
-        if channel not in self.settings.channels:
+    def _refuse_unless_offered(self, p: Profile, channel: Channel, phone: str) -> None:
+        if channel not in p.channels:
             raise ChannelNotAllowed(f"the {channel} channel is not offered")
-        if channel == "inbound_call" and phone in self.settings.test_numbers:
+        if channel == "inbound_call" and phone in p.test_numbers:
             # A test number's fixed code is typed in: it takes the channels that have a code.
             raise ChannelNotAllowed("test numbers take flash_call or voice_call")
 
@@ -259,13 +279,13 @@ class Verifier:
         return base64.urlsafe_b64encode(self._keyed(request.encode())[:16]).decode().rstrip("=")
 
     async def _idempotent_replay(
-        self, client: str, key: str, fingerprint: str, ttl_ms: int
+        self, p: Profile, key: str, fingerprint: str, ttl_ms: int
     ) -> tuple[Verification, bool] | None:
         """The first answer for `key`, waiting a little, backing off, while a racing first
         request is in flight; None when this request is the first."""
         claim = json.dumps({"fp": fingerprint})
         for pause in (*_IDEMPOTENCY_BACKOFF_S, None):
-            stored = await self.store.idempotency_claim(client, key, claim, ttl_ms)
+            stored = await self.store.idempotency_claim(p.id, key, claim, ttl_ms)
             if stored is None:
                 return None
             # A claim made before keys were bound to their request has no fingerprint.
@@ -276,12 +296,12 @@ class Verifier:
                 )
             if "id" in first:
                 try:
-                    stored_ = await self.store.get(first["id"], client, self._now_ms())
+                    stored_ = await self.store.get(first["id"], p.id, self._now_ms())
                 except NotFound:
                     # The answer outlived its verification (expiry follows our clock, the
                     # key's TTL the store's): a new request, whose answer overwrites it.
                     return None
-                return self.view(stored_), bool(first["created"])
+                return self.view(stored_, p), bool(first["created"])
             if pause is None:
                 break
             await asyncio.sleep(pause)
@@ -296,19 +316,20 @@ class Verifier:
             log.warning("idempotency key not released", client=client)
 
     async def resend(
-        self, client: str, verification_id: str, channel: Channel | None
+        self, client: ClientRef, verification_id: str, channel: Channel | None
     ) -> Verification:
-        v = await self.store.get(verification_id, client, self._now_ms())
+        p = self._profile(client)
+        v = await self.store.get(verification_id, p.id, self._now_ms())
         if v.status != "pending":
             raise NotFound("the verification is no longer pending")
         chosen = cast(Channel, channel or v.channel)
-        self._refuse_unless_offered(chosen, v.phone)
-        verification, _ = await self._send(client, v.phone, chosen, (), verification_id)
+        self._refuse_unless_offered(p, chosen, v.phone)
+        verification, _ = await self._send(p, v.phone, chosen, (), verification_id)
         return verification
 
     async def _send(
         self,
-        client: str,
+        p: Profile,
         phone: str,
         channel: Channel,
         ips: IpBuckets,
@@ -316,42 +337,40 @@ class Verifier:
     ) -> tuple[Verification, bool]:
         """Place one call under the limits, and count how it went."""
         try:
-            verification, created = await self._send_call(
-                client, phone, channel, ips, verification_id
-            )
+            verification, created = await self._send_call(p, phone, channel, ips, verification_id)
         except ServiceError as exc:
             kind = "resend" if verification_id else "start"
-            self._count(self.metrics.verifications, client, channel, kind, exc.code)
+            self._count(self.metrics.verifications, p.id, channel, kind, exc.code)
             if isinstance(exc, RateLimited):
                 self._count(self.metrics.rate_limited, exc.limit)
             raise
         kind = "start" if created else "resend"
-        self._count(self.metrics.verifications, client, channel, kind, "placed")
+        self._count(self.metrics.verifications, p.id, channel, kind, "placed")
         return verification, created
 
     async def _send_call(
         self,
-        client: str,
+        p: Profile,
         phone: str,
         channel: Channel,
         ips: IpBuckets,
         verification_id: str | None,
     ) -> tuple[Verification, bool]:
         s = self.settings
-        test_code = s.test_numbers.get(phone)
+        test_code = p.test_numbers.get(phone)
         limits = CallLimits(
             cooldown_ms=s.resend_cooldown_s * 1000,
             phone=s.phone_limit,
             guesses=s.phone_guess_limit,
-            max_sends=s.max_sends,
+            max_sends=p.max_sends,
             ips=ips,
             # Test numbers place no call, so they cost nothing against the client's budget.
-            client=None if test_code else s.client_limit,
+            client=None if test_code else p.client_limit,
         )
         tag = self.store.phone_tag(phone)
-        reservation = await self.store.reserve(tag, client, verification_id, self._now_ms(), limits)
+        reservation = await self.store.reserve(tag, p.id, verification_id, self._now_ms(), limits)
         try:
-            placed = await self._place(phone, channel, test_code, reservation)
+            placed = await self._place(p, phone, channel, test_code, reservation)
         except ServiceError as exc:
             # Only a call that certainly did not ring gives its limits back: after a timeout
             # or a 5xx it may have rung, and a slow New-Tel must not mean uncounted calls.
@@ -364,10 +383,15 @@ class Verifier:
                     error=exc.code,
                 )
             raise
-        return await self._commit(client, phone, channel, reservation, placed)
+        return await self._commit(p, phone, channel, reservation, placed)
 
     async def _place(
-        self, phone: str, channel: Channel, test_code: str | None, reservation: Reservation
+        self,
+        p: Profile,
+        phone: str,
+        channel: Channel,
+        test_code: str | None,
+        reservation: Reservation,
     ) -> PlacedCall:
         if test_code is not None:
             return PlacedCall(call_id="", code=test_code)
@@ -376,10 +400,12 @@ class Verifier:
             link = f"{self._public_url}/callbacks/newtel/{token}"
             return await self.provider.inbound_call(phone, link, self.settings.inbound_timeout_s)
         if channel == "voice_call":
-            code = random_digits(self.settings.code_length)
-            text = self.settings.voice_text.replace("{code}", " ".join(code))
-            return await self.provider.voice_call(phone, code, text)
-        return await self.provider.flash_call(phone, random_digits(5))
+            code = random_digits(p.code_length)
+            return await self.provider.voice_call(phone, code, p.speak(code))
+        # New-Tel rings with a pin of its own choosing (its answer says which); the sandbox rings
+        # with the pin proposed, a code of the client's length, as the service makes its codes.
+        pin_length = p.code_length if self.provider.name == "sandbox" else NEWTEL_PIN_LENGTH
+        return await self.provider.flash_call(phone, random_digits(pin_length))
 
     async def _release(self, reservation: Reservation) -> None:
         try:
@@ -389,7 +415,7 @@ class Verifier:
 
     async def _commit(
         self,
-        client: str,
+        p: Profile,
         phone: str,
         channel: Channel,
         reservation: Reservation,
@@ -397,22 +423,22 @@ class Verifier:
     ) -> tuple[Verification, bool]:
         inbound = channel == "inbound_call"
         call = Commit(
-            client=client,
+            client=p.id,
             phone=phone,
             channel=channel,
             # An inbound call has no code: only its callback approves.
             code_hash="" if inbound else self._hash(reservation.id, placed.code),
             code_length=len(placed.code),
             call_id=placed.call_id,
-            ttl_ms=self.settings.code_ttl_s * 1000,
-            max_checks=self.settings.max_checks,
+            ttl_ms=p.code_ttl_s * 1000,
+            max_checks=p.max_checks,
             call_to=placed.call_to if inbound else "",
             qr_code_uri=(placed.qr_code_uri or "") if inbound else "",
             call_before_ms=reservation.at_ms + self.settings.inbound_timeout_s * 1000,
         )
         stored = await self.store.commit(reservation, call)
         if self.sandbox is not None:
-            self.sandbox.attach(placed.call_id, reservation.id, client)
+            self.sandbox.attach(placed.call_id, reservation.id, p.id)
         log.info(
             "call placed",
             verification_id=reservation.id,
@@ -421,11 +447,13 @@ class Verifier:
             resend=not reservation.is_new,
             test_number=not placed.call_id,
         )
-        return self.view(stored), reservation.is_new
+        return self.view(stored, p), reservation.is_new
 
     # Check, read, cancel ------------------------------------------------------------------
 
-    async def check(self, client: str, verification_id: str, code: str) -> CheckResult:
+    async def check(self, client: ClientRef, verification_id: str, code: str) -> CheckResult:
+        # The verification's own limits were set when it was made: the profile has no say here.
+        client = _client_id(client)
         try:
             checked = await self.store.check(
                 verification_id,
@@ -449,22 +477,26 @@ class Verifier:
         checks_left = None if outcome in ("approved", "spent") else checked.checks_left
         return CheckResult(checked.id, checked.status, outcome == "approved", checks_left)
 
-    async def check_by_phone(self, client: str, raw_phone: str, code: str) -> CheckResult:
+    async def check_by_phone(self, client: ClientRef, raw_phone: str, code: str) -> CheckResult:
         phone = normalize(raw_phone).e164_digits
-        verification_id = await self.store.pending_id(self.store.phone_tag(phone), client)
+        verification_id = await self.store.pending_id(
+            self.store.phone_tag(phone), _client_id(client)
+        )
         return await self.check(client, verification_id, code)
 
-    async def cancel(self, client: str, verification_id: str) -> Verification:
-        v = await self.store.cancel(verification_id, client, self._now_ms())
+    async def cancel(self, client: ClientRef, verification_id: str) -> Verification:
+        p = self._profile(client)
+        v = await self.store.cancel(verification_id, p.id, self._now_ms())
         log.info("verification canceled", verification_id=verification_id)
-        return self.view(v)
+        return self.view(v, p)
 
-    async def get(self, client: str, verification_id: str) -> Verification:
-        v = await self.store.get(verification_id, client, self._now_ms())
+    async def get(self, client: ClientRef, verification_id: str) -> Verification:
+        p = self._profile(client)
+        v = await self.store.get(verification_id, p.id, self._now_ms())
         # The sandbox never learns a call's outcome: nothing to ask, nothing to store.
         if v.status == "pending" and self.sandbox is None:
             await self._refresh_calls(v)
-        return self.view(v)
+        return self.view(v, p)
 
     async def _refresh_calls(self, v: StoredVerification) -> None:
         """Ask New-Tel for calls whose outcome is unknown, at most once per refresh period;
@@ -535,20 +567,21 @@ class InboundCalls:
             v._count(v.metrics.approvals, client, "inbound_call")
         return outcome
 
-    async def play_in_sandbox(self, client: str, raw_phone: str) -> Verification:
+    async def play_in_sandbox(self, client: ClientRef, raw_phone: str) -> Verification:
         """The user's call, played: approves the client's pending inbound-call verification of
         `raw_phone`, as New-Tel's callback would."""
         v = self._verifier
+        p = v._profile(client)
         phone = normalize(raw_phone).e164_digits
-        verification_id = await v.store.pending_id(v.store.phone_tag(phone), client)
-        stored = await v.store.get(verification_id, client, v._now_ms())
+        verification_id = await v.store.pending_id(v.store.phone_tag(phone), p.id)
+        stored = await v.store.get(verification_id, p.id, v._now_ms())
         last = stored.calls[-1]
         if stored.status != "pending" or last.channel != "inbound_call":
             raise NotFound("no pending inbound-call verification for this phone")
         token = v._callback_token(verification_id, last.placed_at_ms)
         if await self.callback(token, last.call_id, phone) != "approved":
             raise NotFound("no pending inbound-call verification for this phone")
-        return v.view(await v.store.get(verification_id, client, v._now_ms()))
+        return v.view(await v.store.get(verification_id, p.id, v._now_ms()), p)
 
 
 # NAT64 (RFC 6052): an IPv4 host seen through a carrier's translator, one subscriber each.

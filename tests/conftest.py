@@ -213,7 +213,8 @@ AppFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 async def make_app(
     aiohttp_client: Any, backend: Backend, clock: Clock, fake_newtel: FakeNewTel
 ) -> AppFactory:
-    """Start the service on `backend`; `newtel=True` points it at the fake New-Tel."""
+    """Start the service on `backend`; `newtel=True` points it at the fake New-Tel (with the
+    clients AUTH and OTHER, unless `clients_file` names others)."""
 
     async def make(*, newtel: bool = False, **overrides: Any) -> TestClient[Any, Any]:
         if newtel:
@@ -222,7 +223,8 @@ async def make_app(
                 "newtel_base_url": fake_newtel.base_url,  # type: ignore[attr-defined]
                 "newtel_access_key": fake_newtel.access_key,
                 "newtel_signature_key": fake_newtel.signature_key,
-                "api_keys": TWO_CLIENTS,
+                # A clients file holds the keys itself (the two are exclusive).
+                **({} if "clients_file" in overrides else {"api_keys": TWO_CLIENTS}),
                 **overrides,
             }
         # The service's own address, for New-Tel's callbacks to reach it: the test server is

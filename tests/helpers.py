@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -181,6 +182,41 @@ def digits_present(needle: str, text: str, *, inside_words: bool = False) -> boo
 def phones(count: int, base: int = 79035670000) -> Iterable[str]:
     """Distinct valid Russian mobile numbers."""
     return (str(base + i) for i in range(count))
+
+
+# Clients files ------------------------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(type(value))
+
+
+def write_clients_file(path: Path, clients: dict[str, dict[str, Any]]) -> Path:
+    """Write `clients` ({id: {field: value}}) as a clients file of `[clients.<id>]` tables;
+    returns `path`. A write replaces the file whole (rename), as a deploy tool would."""
+    lines = []
+    for client, table in clients.items():
+        lines.append(f"[clients.{_toml(client)}]")
+        lines.extend(f"{field} = {_toml(value)}" for field, value in table.items())
+        lines.append("")
+    staged = path.with_name(path.name + ".new")
+    staged.write_text("\n".join(lines), encoding="utf-8")
+    staged.replace(path)
+    return path
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 # Ports, processes, waits --------------------------------------------------------------------

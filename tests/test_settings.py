@@ -85,6 +85,34 @@ def test_newtel_keys_select_newtel_and_then_require_api_keys() -> None:
     assert s.provider_name == "newtel"
 
 
+def test_newtel_mode_takes_its_keys_from_a_clients_file_instead() -> None:
+    s = make_settings(
+        newtel_access_key="a", newtel_signature_key="b", clients_file="/etc/callauth/clients.toml"
+    )
+    assert (s.provider_name, s.api_keys) == ("newtel", {})
+    assert s.clients_file == Path("/etc/callauth/clients.toml")
+    assert make_settings(clients_file="").clients_file is None, "empty is unset"
+
+
+def test_a_clients_file_and_api_keys_together_are_refused_naming_the_file(
+    monkeypatch, capsys
+) -> None:
+    with pytest.raises(ValidationError, match="CALLAUTH_API_KEYS, not both"):
+        make_settings(api_keys="app:key", clients_file="clients.toml")
+    for name in list(os.environ):
+        if name.startswith("CALLAUTH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CALLAUTH_API_KEYS", "app:key-that-must-not-show")
+    monkeypatch.setenv("CALLAUTH_CLIENTS_FILE", "clients.toml")
+    monkeypatch.chdir(ROOT / "tests")  # no .env file here
+    with pytest.raises(SystemExit) as stopped:
+        service_main._settings()
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("callauth: invalid CALLAUTH_CLIENTS_FILE: ")
+    assert "key-that-must-not-show" not in line
+
+
 def test_secrets_do_not_show_in_the_settings_repr() -> None:
     s = make_settings(
         newtel_access_key="AK-visible?",

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 from conftest import LogCapture, make_settings
-from helpers import PRODUCTION_KEY, PRODUCTION_SECRET, free_port
+from helpers import PRODUCTION_KEY, PRODUCTION_SECRET, free_port, write_clients_file
 
 from service import __main__ as service_main
+from service.clients import ClientsError, hash_key, load_clients
 from service.settings import Settings, is_loopback, startup_problem, unknown_variables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,12 +121,20 @@ def test_a_placeholder_in_any_setting_is_refused_naming_that_setting(
     assert value not in problem[1]
 
 
-def test_the_kubernetes_manifests_are_refused_until_their_placeholders_are_replaced() -> None:
+def test_the_kubernetes_manifests_are_refused_until_their_placeholders_are_replaced(
+    tmp_path: Path,
+) -> None:
     k8s = ROOT / "deploy" / "k8s"
     env = {
         **yaml.safe_load((k8s / "configmap.yaml").read_text())["data"],
         **yaml.safe_load((k8s / "secret.yaml").read_text())["stringData"],
     }
+    # The clients file is mounted from its own Secret where CALLAUTH_CLIENTS_FILE says.
+    assert env["CALLAUTH_CLIENTS_FILE"] == "/etc/callauth/clients.toml"
+    clients = tmp_path / "clients.toml"
+    template = yaml.safe_load((k8s / "clients.yaml").read_text())["stringData"]["clients.toml"]
+    clients.write_text(template)
+    env["CALLAUTH_CLIENTS_FILE"] = str(clients)
     shipped = make_settings(
         **{name.removeprefix("CALLAUTH_").lower(): v for name, v in env.items()}
     )
@@ -135,7 +144,6 @@ def test_the_kubernetes_manifests_are_refused_until_their_placeholders_are_repla
     assert "REPLACE-ME" in problem[1]
     real = {
         "CALLAUTH_SECRET": PRODUCTION_SECRET,
-        "CALLAUTH_API_KEYS": f"app:{PRODUCTION_KEY}",
         "CALLAUTH_NEWTEL_ACCESS_KEY": "AK-real-access-key",
         "CALLAUTH_NEWTEL_SIGNATURE_KEY": "SK-real-signature-key",
         "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
@@ -146,6 +154,12 @@ def test_the_kubernetes_manifests_are_refused_until_their_placeholders_are_repla
         **{name.removeprefix("CALLAUTH_").lower(): v for name, v in env.items()}
     )
     assert startup_problem(deployed) is None
+    with pytest.raises(ClientsError, match="REPLACE-ME"):
+        load_clients(deployed)
+    write_clients_file(clients, {"app": {"keys": [hash_key(PRODUCTION_KEY)]}})
+    found = load_clients(deployed).authenticate(PRODUCTION_KEY)
+    assert found is not None
+    assert found.id == "app"
 
 
 @pytest.mark.parametrize("field", ["newtel_base_url", "public_url"])
@@ -188,6 +202,41 @@ def test_https_and_http_to_a_loopback_host_are_accepted(field: str, url: str) ->
 def test_the_dev_key_on_a_non_loopback_address_is_refused_in_any_mode(host: str) -> None:
     assert refused_setting(make_settings(host=host)) == "CALLAUTH_API_KEYS"
     assert startup_problem(make_settings(host=host, api_keys="app:short")) is None, "sandbox"
+
+
+def test_a_clients_file_in_newtel_mode_passes_the_production_checks_without_api_keys() -> None:
+    settings = production(api_keys="", clients_file="/etc/callauth/clients.toml")
+    assert settings.api_keys == {}
+    assert startup_problem(settings) is None
+    sandbox = make_settings(host="0.0.0.0", clients_file="/etc/callauth/clients.toml")
+    assert startup_problem(sandbox) is None, "no built-in dev key with a clients file"
+
+
+@pytest.mark.parametrize(
+    ("where", "table"),
+    [
+        ("client 'REPLACE-ME'", {"keys": [hash_key(PRODUCTION_KEY)]}),
+        ("field keys", {"keys": ["sha256:REPLACE-ME"]}),
+        (
+            "field webhook_url",
+            {"keys": [hash_key(PRODUCTION_KEY)], "webhook_url": "https://REPLACE-ME.example"},
+        ),
+        (
+            "field voice_text",
+            {"keys": [hash_key(PRODUCTION_KEY)], "voice_text": "REPLACE-ME {code}"},
+        ),
+    ],
+)
+def test_a_placeholder_in_the_clients_file_is_refused_in_newtel_mode_naming_where(
+    where: str, table: dict[str, object], tmp_path: Path
+) -> None:
+    client = "REPLACE-ME" if where.startswith("client") else "shop"
+    path = write_clients_file(tmp_path / "clients.toml", {client: table})
+    settings = production(api_keys="", clients_file=str(path))
+    with pytest.raises(ClientsError) as refused:
+        load_clients(settings)
+    assert where in str(refused.value)
+    assert "holds the placeholder REPLACE-ME" in str(refused.value)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
@@ -320,3 +369,58 @@ def test_python_m_service_refuses_the_dev_key_on_0_0_0_0_before_binding(tmp_path
     assert line.startswith("callauth: invalid CALLAUTH_API_KEYS: ")
     assert "0.0.0.0" in line
     assert proc.stdout == "", "nothing started, nothing logged"
+
+
+# The clients file at start-up ------------------------------------------------------------------
+
+
+def test_python_m_service_refuses_a_plain_key_in_the_clients_file_saying_how_to_hash_it(
+    tmp_path: Path,
+) -> None:
+    path = write_clients_file(
+        tmp_path / "clients.toml",
+        {"shop": {"keys": [hash_key(PRODUCTION_KEY)]}, "bank": {"keys": [PRODUCTION_KEY]}},
+    )
+    proc = run_service({"CALLAUTH_CLIENTS_FILE": str(path)}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == (
+        "callauth: invalid CALLAUTH_CLIENTS_FILE: client 'bank', field keys: a plain key is "
+        "refused; store its hash instead: `python -m service hash-key <key>` prints the line"
+    )
+    assert proc.stdout == ""
+
+
+def test_python_m_service_refuses_a_bad_field_in_one_line_naming_the_client_and_the_field(
+    tmp_path: Path,
+) -> None:
+    path = write_clients_file(
+        tmp_path / "clients.toml",
+        {"shop": {"keys": [hash_key(PRODUCTION_KEY)], "channels": ["flash_call", "sms"]}},
+    )
+    env = {
+        **NEWTEL_ENV,
+        "CALLAUTH_API_KEYS": "",
+        "CALLAUTH_CLIENTS_FILE": str(path),
+        "CALLAUTH_PUBLIC_URL": "https://callauth.example.com",
+    }
+    proc = run_service(env, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        "callauth: invalid CALLAUTH_CLIENTS_FILE: client 'shop', field channels: "
+    )
+    assert "sms" in line
+    assert PRODUCTION_SECRET not in line
+
+
+def test_python_m_service_refuses_a_clients_file_beside_callauth_api_keys(tmp_path: Path) -> None:
+    path = write_clients_file(
+        tmp_path / "clients.toml", {"shop": {"keys": [hash_key(PRODUCTION_KEY)]}}
+    )
+    proc = run_service({**NEWTEL_ENV, "CALLAUTH_CLIENTS_FILE": str(path)}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("callauth: invalid CALLAUTH_CLIENTS_FILE: ")
+    assert "CALLAUTH_API_KEYS" in line
+    assert PRODUCTION_KEY not in line
