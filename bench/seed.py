@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,13 +83,15 @@ def _verifier(env: dict[str, str]) -> Any:
     return Verifier(settings, store, sandbox, secret=secret, sandbox=sandbox)
 
 
-async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 256) -> Seeded:
-    """Bulk creation for large counts: the service's own rules and store, without HTTP.
-
-    Each phone gets exactly what a start does (Verifier.start with the sandbox provider:
-    reserve, place, commit), many at once over the store's connection pool. Check a sample
-    through the API after.
-    """
+async def _start_each(
+    env: dict[str, str],
+    phones: list[str],
+    channel: str,
+    concurrency: int,
+    then: Callable[[Any, Any, str], Awaitable[None]] | None = None,
+) -> Seeded:
+    """Verifier.start for each phone, many at once over the store's connection pool; `then`
+    gets the verifier, each verification placed and its phone."""
     verifier = _verifier(env)
     ids: list[str] = []
     failures = 0
@@ -98,7 +101,9 @@ async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 2
         nonlocal failures
         async with gate:
             try:
-                verification, _ = await verifier.start("dev", phone, "flash_call", None)
+                verification, _ = await verifier.start("dev", phone, channel, None)
+                if then is not None:
+                    await then(verifier, verification, phone)
             except ServiceError:
                 failures += 1
             else:
@@ -109,7 +114,17 @@ async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 2
         await asyncio.gather(*(start(phone) for phone in phones))
     finally:
         await verifier.store.close()
-    return Seeded(ids, failures, time.perf_counter() - started, "Verifier.start, no HTTP")
+    how = f"Verifier.start({channel}), no HTTP"
+    return Seeded(ids, failures, time.perf_counter() - started, how)
+
+
+async def pipelined(env: dict[str, str], phones: list[str], concurrency: int = 256) -> Seeded:
+    """Bulk creation for large counts: the service's own rules and store, without HTTP.
+
+    Each phone gets exactly what a start does (Verifier.start with the sandbox provider:
+    reserve, place, commit). Check a sample through the API after.
+    """
+    return await _start_each(env, phones, "flash_call", concurrency)
 
 
 async def callbacks(
@@ -122,30 +137,13 @@ async def callbacks(
     only a valid token: it is made as the service makes it, over the verification's latest
     call's placed_at under the same secret; the body names that call's id and the phone.
     """
-    verifier = _verifier(env)
     lines: list[str] = []
-    ids: list[str] = []
-    failures = 0
-    gate = asyncio.Semaphore(concurrency)
 
-    async def start(phone: str) -> None:
-        nonlocal failures
-        async with gate:
-            try:
-                verification, _ = await verifier.start("dev", phone, "inbound_call", None)
-                stored = await verifier.store.get(verification.id, "dev", int(time.time() * 1000))
-            except ServiceError:
-                failures += 1
-                return
+    async def callback_line(verifier: Any, verification: Any, phone: str) -> None:
+        stored = await verifier.store.get(verification.id, "dev", int(time.time() * 1000))
         call = stored.calls[-1]
         token = verifier._callback_token(verification.id, call.placed_at_ms)
         lines.append(f"{token} {call.call_id} {phone}")
-        ids.append(verification.id)
 
-    started = time.perf_counter()
-    try:
-        await asyncio.gather(*(start(phone) for phone in phones))
-    finally:
-        await verifier.store.close()
-    how = "Verifier.start(inbound_call), no HTTP"
-    return lines, Seeded(ids, failures, time.perf_counter() - started, how)
+    seeded = await _start_each(env, phones, "inbound_call", concurrency, callback_line)
+    return lines, seeded
