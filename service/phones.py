@@ -12,6 +12,7 @@ from service.errors import InvalidPhone
 # Numbers written without a country code are read as Russian, the service's home market.
 DEFAULT_REGION = "RU"
 _MAX_INPUT = 32
+_E164_MAX_DIGITS = 15
 
 
 # phonenumbers' number types by value, named as CALLAUTH_ALLOWED_NUMBER_TYPES names them.
@@ -51,7 +52,9 @@ def normalize(raw: str) -> Phone:
         region = phonenumbers.region_code_for_number(number)
         if region and phonenumbers.is_valid_number_for_region(number, region):
             digits = f"{number.country_code}{phonenumbers.national_significant_number(number)}"
-            return Phone(e164_digits=digits, region=region, number=number)
+            # phonenumbers takes some German numbers of 16 digits; E.164 (and New-Tel) stop at 15.
+            if len(digits) <= _E164_MAX_DIGITS:
+                return Phone(e164_digits=digits, region=region, number=number)
     raise InvalidPhone("phone is not a valid number")
 
 

@@ -12,6 +12,9 @@ from fake_newtel import OWN_PIN
 from helpers import check, problem, sandbox_code, spoken_code, start
 from yarl import URL
 
+from service.errors import InvalidPhone
+from service.phones import normalize
+
 VF_ID = re.compile(r"^vf_[0-9A-Za-z_-]+$")
 US_PHONE = "+1 650 253 0000"
 
@@ -114,6 +117,13 @@ async def test_start_that_breaks_the_schema_is_422_listing_the_field(
 async def test_start_with_a_number_that_is_not_valid_is_422_invalid_phone(make_app) -> None:
     client = await make_app()
     await problem(await start(client, "123"), 422, "invalid_phone")
+
+
+def test_a_number_longer_than_e164_allows_is_not_valid() -> None:
+    # phonenumbers takes this German number of 16 digits; E.164 stops at 15.
+    with pytest.raises(InvalidPhone):
+        normalize("4920100000000000")
+    assert normalize("+49 30 1234567").e164_digits == "49301234567"
 
 
 async def test_start_for_a_country_outside_the_allowed_ones_is_422(make_app, backend) -> None:
