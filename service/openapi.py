@@ -10,11 +10,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service import api
+from service.errors import ServiceError, type_uri
 
-_ERRORS = {
+# Every code the API answers, by status: each has a page at /problems/<code> (problem_pages).
+ERRORS = {
     400: ["malformed_json"],
     401: ["unauthorized"],
     404: ["not_found"],
+    405: ["method_not_allowed"],
     408: ["request_timeout"],
     409: ["max_checks_reached", "idempotency_in_progress", "channel_has_no_code"],
     413: ["payload_too_large"],
@@ -29,27 +32,62 @@ _ERRORS = {
         "idempotency_key_reused",
     ],
     429: ["rate_limited"],
+    500: ["internal_error"],
     502: ["provider_error"],
     503: ["provider_unavailable", "store_unavailable"],
 }
-_PROBLEM = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail", "code"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": "string", "enum": sorted({c for cs in _ERRORS.values() for c in cs})},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+
+
+def _classes(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _classes(sub))]
+
+
+@cache
+def documented_errors() -> dict[str, type[ServiceError]]:
+    """Each code of ERRORS and its error class (status, title, meaning, advice), by code."""
+    by_code = {cls.code: cls for cls in _classes(ServiceError)}
+    return {code: by_code[code] for codes in ERRORS.values() for code in codes}
+
+
+def _problem_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Problem schema, and ProblemCode: every code with its meaning."""
+    errors = sorted(documented_errors().values(), key=lambda e: e.code)
+    codes = {
+        "type": "string",
+        "description": "A stable machine-readable code; `type` is its page. Every code:\n\n"
+        + "\n".join(f"- `{e.code}` ({e.status} {e.title}): {e.meaning}" for e in errors),
+        "enum": [e.code for e in errors],
+        # openapi-generator's convention: descriptions parallel to `enum`.
+        "x-enum-descriptions": [e.meaning for e in errors],
+    }
+    return {
+        "type": "object",
+        "description": "An RFC 9457 problem document.",
+        "required": ["type", "title", "status", "detail", "code"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "format": "uri-reference",
+                "description": "`/problems/{code}`, relative to the service's URL: an HTML page "
+                "saying what the code means and what to do (GET /problems/{code}).",
+                "examples": [type_uri("not_found")],
+            },
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "code": {"$ref": "#/components/schemas/ProblemCode"},
+            "errors": {
+                "type": "array",
+                "description": "invalid_request only: the fields that failed",
+                "items": {
+                    "type": "object",
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
             },
         },
-    },
-}
+    }, codes
+
+
 _REQUESTS: list[type[BaseModel]] = [
     api.StartRequest,
     api.ResendRequest,
@@ -71,41 +109,72 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+def _json(
+    schema: dict[str, Any], description: str, example: Any = None, **extra: Any
+) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"description": description, "content": {"application/json": media}, **extra}
+
+
+def _problem_example(status: int) -> dict[str, Any]:
+    err = documented_errors()[ERRORS[status][0]]
     return {
-        "description": description,
-        "content": {"application/json": {"schema": schema}},
-        **extra,
+        "type": type_uri(err.code),
+        "title": err.title,
+        "status": status,
+        "detail": err.meaning,
+        "code": err.code,
+    }
+
+
+def _problem(status: int) -> dict[str, Any]:
+    codes = ERRORS.get(status, ["error"])
+    return {
+        "description": ", ".join(codes) + " (see /problems/{code})",
+        "content": {
+            "application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"},
+                "example": _problem_example(status),
+            }
+        },
+        **({"headers": _RETRY_AFTER} if status in (429, 503) else {}),
     }
 
 
 def _op(
+    operation_id: str,
+    tag: str,
     summary: str,
+    description: str,
     ok: dict[int, dict[str, Any]],
     errors: list[int],
     body: type[BaseModel] | None = None,
     *,
+    example: dict[str, Any] | None = None,
     auth: bool = True,
     required_body: bool = True,
     params: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """One operation; its operationId names the generated clients' function."""
     responses: dict[str, Any] = {str(status): resp for status, resp in ok.items()}
     for status in sorted({*errors, *([401] if auth else [])}):
-        responses[str(status)] = {
-            "description": ", ".join(_ERRORS.get(status, ["error"])),
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-            **({"headers": _RETRY_AFTER} if status in (429, 503) else {}),
-        }
-    op: dict[str, Any] = {"summary": summary, "responses": responses}
+        responses[str(status)] = _problem(status)
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "description": description,
+        "responses": responses,
+    }
     if auth:
         op["security"] = [{"bearer": []}]
     if body is not None:
-        op["requestBody"] = {
-            "required": required_body,
-            "content": {"application/json": {"schema": _ref(body)}},
-        }
+        media: dict[str, Any] = {"schema": _ref(body)}
+        if example is not None:
+            media["example"] = example
+        op["requestBody"] = {"required": required_body, "content": {"application/json": media}}
     if params:
         op["parameters"] = params
     return op
@@ -127,8 +196,62 @@ def _standard_formats(node: Any) -> Any:
     return node
 
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "the verification's id, as the start answered it",
+    "schema": {"type": "string"},
+    "example": "vf_0123456789abcdef0123456789abcdef",
+}
 _BODY_ERRORS = [400, 408, 413, 415, 422, 503]
+_TAGS = [
+    {"name": "verifications", "description": "Start, check, read, resend and cancel."},
+    {"name": "sandbox", "description": "Read the calls the sandbox placed (sandbox mode only)."},
+    {"name": "callbacks", "description": "What New-Tel calls back (no bearer key)."},
+    {
+        "name": "operations",
+        "description": "Health, readiness, metrics, this document, and "
+        "the pages problem documents point at (no bearer key).",
+    },
+]
+
+# Examples: one verification's life, on the contract's numbers.
+_VF = "vf_0123456789abcdef0123456789abcdef"
+_PENDING = {
+    "id": _VF,
+    "phone": "79035675124",
+    "channel": "flash_call",
+    "status": "pending",
+    "code_length": 5,
+    "expires_at": "2026-11-22T10:05:00Z",
+    "checks_left": 5,
+    "sends_left": 2,
+    "resend_after": "2026-11-22T10:01:00Z",
+}
+_WITH_CALLS = {
+    **_PENDING,
+    "calls": [{"channel": "flash_call", "placed_at": "2026-11-22T10:00:00Z", "status": "answered"}],
+}
+_CANCELED = {**_WITH_CALLS, "status": "canceled"}
+_RESENT = {
+    **_PENDING,
+    "channel": "voice_call",
+    "sends_left": 1,
+    "resend_after": "2026-11-22T10:02:00Z",
+}
+_APPROVED = {"id": _VF, "status": "approved", "valid": True}
+_CALLS = {
+    "calls": [
+        {
+            "verification_id": _VF,
+            "channel": "flash_call",
+            "code": "12345",
+            "placed_at": "2026-11-22T10:00:00Z",
+            "caller": "79001234567",
+        }
+    ]
+}
 
 
 @cache
@@ -138,24 +261,36 @@ def document(sandbox: bool) -> dict[str, Any]:
         [(m, "validation") for m in _REQUESTS] + [(m, "serialization") for m in _ANSWERS],
         ref_template="#/components/schemas/{model}",
     )
-    schemas = {**_standard_formats(defs.get("$defs", {})), "Problem": _PROBLEM}
+    problem, codes = _problem_schema()
+    schemas = {**_standard_formats(defs.get("$defs", {})), "Problem": problem, "ProblemCode": codes}
     verification = _ref(api.VerificationOut)
     location = {"Location": {"schema": {"type": "string"}}}
     paths: dict[str, Any] = {
         "/v1/verifications": {
             "post": _op(
+                "startVerification",
+                "verifications",
                 "Start a verification (or resend the pending one for this phone)",
+                "Normalizes the phone, checks the limits and places a call on the channel "
+                "(flash_call by default). Starting again for a phone with a pending "
+                "verification of the same client is a resend of it (200, same id). With an "
+                "Idempotency-Key, a repeat within the code's lifetime answers the first "
+                "response and places no call.",
                 {
-                    201: _json(verification, "started", headers=location),
-                    200: _json(verification, "resent: a new call for the pending verification"),
+                    201: _json(verification, "started", _PENDING, headers=location),
+                    200: _json(
+                        verification, "resent: a new call for the pending verification", _RESENT
+                    ),
                 },
                 [*_BODY_ERRORS, 409, 429, 502],
                 api.StartRequest,
+                example={"phone": "+7 (903) 567-51-24", "channel": "flash_call"},
                 params=[
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
+                        "description": "a repeat with the same key answers the first response",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     }
                 ],
@@ -163,67 +298,129 @@ def document(sandbox: bool) -> dict[str, Any]:
         },
         "/v1/verifications/check": {
             "post": _op(
+                "checkVerificationByPhone",
+                "verifications",
                 "Check a code against the client's latest verification for a phone",
-                {200: _json(_ref(api.CheckOut), "checked")},
+                "The same as checking by id, for callers that kept the phone rather than the "
+                "id: the right code approves (once), a wrong one uses a try.",
+                {200: _json(_ref(api.CheckOut), "checked", _APPROVED)},
                 [*_BODY_ERRORS, 404, 409],
                 api.CheckByPhoneRequest,
+                example={"phone": "79035675124", "code": "12345"},
             )
         },
         "/v1/verifications/{id}": {
             "get": _op(
+                "getVerification",
+                "verifications",
                 "Read a verification, with its calls",
-                {200: _json(verification, "the verification")},
+                "Its status (never the code) and one entry per call placed, oldest first. A "
+                "finished verification stays readable until its expires_at.",
+                {200: _json(verification, "the verification", _WITH_CALLS)},
                 [404, 503],
                 params=[_ID],
             ),
             "delete": _op(
+                "cancelVerification",
+                "verifications",
                 "Cancel a verification",
-                {200: _json(verification, "canceled")},
+                "A pending verification becomes canceled; one that is no longer pending is "
+                "answered with its status unchanged.",
+                {200: _json(verification, "canceled", _CANCELED)},
                 [404, 503],
                 params=[_ID],
             ),
         },
         "/v1/verifications/{id}/check": {
             "post": _op(
+                "checkVerification",
+                "verifications",
                 "Check a code",
-                {200: _json(_ref(api.CheckOut), "checked")},
+                "200 with valid true on the right code (single use), valid false and "
+                "checks_left on a wrong one; 409 max_checks_reached once the wrong codes are "
+                "used up.",
+                {200: _json(_ref(api.CheckOut), "checked", _APPROVED)},
                 [*_BODY_ERRORS, 404, 409],
                 api.CheckRequest,
+                example={"code": "12345"},
                 params=[_ID],
             )
         },
         "/v1/verifications/{id}/resend": {
             "post": _op(
+                "resendVerification",
+                "verifications",
                 "Place another call for a pending verification",
-                {200: _json(verification, "resent")},
+                "Optionally on another channel (flash first, voice as the fallback); the "
+                "latest call's code is the one that counts. Cooldown and the sends per "
+                "verification apply (429).",
+                {200: _json(verification, "resent", _RESENT)},
                 [*_BODY_ERRORS, 404, 429, 502],
                 api.ResendRequest,
+                example={"channel": "voice_call"},
                 required_body=False,
                 params=[_ID],
             )
         },
         "/callbacks/newtel/{token}": {
             "post": _op(
-                "New-Tel's callback when the user of an inbound-call verification calls: the "
-                "token in the path is the only credential; every refusal is the same 404",
-                {200: _json(_ref(api.CallbackOut), "approved, or a repeat of an accepted one")},
+                "receiveNewTelCallback",
+                "callbacks",
+                "New-Tel's callback for an inbound-call verification",
+                "New-Tel calls it when the user of an inbound-call verification calls: the "
+                "token in the path is the only credential; every refusal is the same 404.",
+                {
+                    200: _json(
+                        _ref(api.CallbackOut),
+                        "approved, or a repeat of an accepted one",
+                        {"status": "ok"},
+                    )
+                },
                 [400, 404, 413, 503],
                 api.CallbackRequest,
+                example={"callId": "1234567", "clientNumber": "79035675124"},
                 auth=False,
                 params=[
-                    {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "token",
+                        "in": "path",
+                        "required": True,
+                        "description": "the token of the callback link the service gave New-Tel",
+                        "schema": {"type": "string"},
+                    }
                 ],
             )
         },
         "/healthz": {
-            "get": _op("Liveness", {200: _json({"type": "object"}, "alive")}, [], auth=False)
+            "get": _op(
+                "getHealth",
+                "operations",
+                "Liveness",
+                "200 while the process serves requests.",
+                {200: _json({"type": "object"}, "alive", {"status": "ok"})},
+                [],
+                auth=False,
+            )
         },
         "/readyz": {
             "get": _op(
+                "getReadiness",
+                "operations",
                 "Readiness: Redis answers and the New-Tel circuit is not open",
+                "200 (status ok, or degraded when the balance is low) or 503 naming the part "
+                "that failed.",
                 {
-                    200: _json({"type": "object"}, "ready (status ok or degraded)"),
-                    503: _json({"type": "object"}, "not ready", headers=_RETRY_AFTER),
+                    200: _json(
+                        {"type": "object"},
+                        "ready (status ok or degraded)",
+                        {"status": "ok", "checks": {"store": "ok"}},
+                    ),
+                    503: _json(
+                        {"type": "object"},
+                        "not ready",
+                        {"status": "unavailable", "checks": {"store": "unavailable"}},
+                        headers=_RETRY_AFTER,
+                    ),
                 },
                 [],
                 auth=False,
@@ -231,7 +428,10 @@ def document(sandbox: bool) -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
+                "operationId": "getMetrics",
+                "tags": ["operations"],
                 "summary": "Prometheus metrics",
+                "description": "Counters, histograms and gauges in the Prometheus text format.",
                 "responses": {
                     "200": {
                         "description": "text exposition format",
@@ -242,28 +442,73 @@ def document(sandbox: bool) -> dict[str, Any]:
         },
         "/openapi.json": {
             "get": _op(
-                "This document", {200: _json({"type": "object"}, "OpenAPI 3.1")}, [], auth=False
+                "getOpenApi",
+                "operations",
+                "This document",
+                "The OpenAPI 3.1 document of this service, for this mode.",
+                {200: _json({"type": "object"}, "OpenAPI 3.1")},
+                [],
+                auth=False,
+            )
+        },
+        "/problems/{code}": {
+            "get": _op(
+                "getProblem",
+                "operations",
+                "What a problem code means",
+                "The page a problem document's `type` points at: its title, status, meaning "
+                "and what to do, as HTML.",
+                {
+                    200: {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                [404],
+                auth=False,
+                params=[
+                    {
+                        "name": "code",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "example": "rate_limited",
+                    }
+                ],
             )
         },
     }
     if sandbox:
         paths["/v1/sandbox/calls"] = {
             "get": _op(
+                "listSandboxCalls",
+                "sandbox",
                 "Calls the sandbox placed for a phone, newest first (sandbox mode only)",
-                {200: _json(_ref(api.SandboxCallsOut), "the calls")},
+                "Where a test reads the code a real user would have seen or heard.",
+                {200: _json(_ref(api.SandboxCallsOut), "the calls", _CALLS)},
                 [422],
                 params=[
-                    {"name": "phone", "in": "query", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "phone",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "example": "79035675124",
+                    }
                 ],
             )
         }
         paths["/v1/sandbox/inbound-calls"] = {
             "post": _op(
-                "Play the user's call for the client's pending inbound-call verification of a "
-                "phone (sandbox mode only)",
-                {200: _json(verification, "approved")},
+                "playSandboxInboundCall",
+                "sandbox",
+                "Play the user's call for an inbound-call verification (sandbox mode only)",
+                "Approves the client's pending inbound_call verification of the phone, as "
+                "New-Tel's callback would.",
+                {200: _json(verification, "approved", {**_PENDING, "status": "approved"})},
                 [*_BODY_ERRORS, 404],
                 api.SandboxInboundCallRequest,
+                example={"phone": "79035675124"},
             )
         }
     return {
@@ -272,12 +517,20 @@ def document(sandbox: bool) -> dict[str, Any]:
             "title": "callauth",
             "version": "1.0.0",
             "description": "Flash-call, voice-call and inbound-call phone verification over "
-            "New-Tel.",
+            "New-Tel. Errors are RFC 9457 problem documents whose `type` is a page of this "
+            "service (`/problems/{code}`).",
         },
+        "tags": _TAGS if sandbox else [t for t in _TAGS if t["name"] != "sandbox"],
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a client's API key: `Authorization: Bearer <key>`",
+                }
+            },
         },
     }
 

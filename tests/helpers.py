@@ -115,7 +115,7 @@ async def problem(
     assert body.keys() >= PROBLEM_FIELDS
     assert (body["status"], body["code"]) == (status, code), body
     assert all(isinstance(body[f], str) for f in ("type", "title", "detail"))
-    assert body["type"]
+    assert body["type"] == f"/problems/{code}"  # a page the service serves (problem_pages)
     assert body["title"]
     if status in (429, 503):
         assert int(resp.headers["Retry-After"]) >= 1

@@ -207,7 +207,7 @@ def test_an_undeclared_method_is_a_405_naming_the_allowed_ones(service_url: str,
     declared = {m.upper() for m in document(True)["paths"][path]}
     url = service_url + path.replace("{id}", "vf_0123456789abcdef0123456789abcdef").replace(
         "{token}", "vf_0123456789abcdef0123456789abcdef.1.x"
-    )
+    ).replace("{code}", "not_found")
     # /v1/verifications/check is also /v1/verifications/{id} with id "check": GET and DELETE
     # are routed there (a 404), and Allow says so.
     also = {"GET", "DELETE"} if path == "/v1/verifications/check" else set()
