@@ -12,14 +12,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from service import api, demo, openapi
+from service import api, demo, openapi, problem_pages
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
 from service.clients import ClientRegistry, Clients, load_clients
 from service.errors import ServiceError
 from service.keyed import new_secret
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.monitor import BalanceMonitor
-from service.problems import ACCESS_LOG, MAX_BODY, add_routes
+from service.problems import ACCESS_LOG, MAX_BODY, METRICS, add_routes
 from service.providers.base import Provider
 from service.providers.newtel import NewTelClient
 from service.providers.sandbox import SandboxProvider
@@ -31,7 +31,6 @@ log = structlog.get_logger("service.http")
 
 _READY_TIMEOUT_S = 2.0
 STORE = web.AppKey("store", Store)
-METRICS = web.AppKey("metrics", Metrics)
 PROVIDER = web.AppKey("provider", Provider)
 NEWTEL: web.AppKey[NewTelClient | None] = web.AppKey("newtel")
 BREAKER: web.AppKey[CircuitBreaker | None] = web.AppKey("breaker")
@@ -229,6 +228,7 @@ def create_app(
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_handler),
             web.get("/openapi.json", openapi.handler),
+            *problem_pages.routes(),
             *(demo.routes() if sandbox else []),
         ],
     )

@@ -46,6 +46,7 @@ class CircuitBreaker:
         self.state: State = "closed"
         self._count = 0
         self._opened_at = 0.0
+        self._down_since: float | None = None  # the first opening of this outage
         self._probing = False
         if circuit == "start":
             self._gauge, self._transitions = metrics.circuit_state, metrics.circuit_transitions
@@ -80,16 +81,32 @@ class CircuitBreaker:
         refused.not_placed = True  # nothing was sent
         raise refused
 
-    def record(self, outage: bool) -> None:
+    def record(self, outage: bool, reason: str = "other") -> None:
+        """`reason`: the failure's, from NEWTEL_ERROR_REASONS, for the "newtel unavailable" line."""
         self._probing = False
         if not outage:
             self._count = 0
             self._move("closed")
+            self._recovered()
             return
         self._count += 1
         if self.state == "half_open" or self._count >= self.failures:
             self._opened_at = self.clock()
             self._move("open")
+            self._unavailable(reason)
+
+    # The transition lines above repeat at each failed probe and carry neither why nor how
+    # long: these two mark the outage's edges once each, the recovery at info.
+    def _unavailable(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = self._opened_at
+            log.warning("newtel unavailable", circuit=self.circuit, reason=reason)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            outage_s = round(self.clock() - self._down_since, 2)
+            self._down_since = None
+            log.info("newtel recovered", circuit=self.circuit, outage_s=outage_s)
 
     def abandon(self) -> None:
         """A call cancelled by its caller is neither an outage nor a success: free the probe."""
@@ -183,8 +200,8 @@ class GuardedProvider:
         try:
             result = await call()
         except ServiceError as exc:
-            breaker.record(outage=isinstance(exc, ProviderUnavailable))
             reason = _reason(exc)
+            breaker.record(outage=isinstance(exc, ProviderUnavailable), reason=reason)
             self._count(method, reason)
             # New-Tel's own words (digits masked) are for the log only, never for a label.
             (log.info if isinstance(exc, NumberUnreachable) else log.warning)(

@@ -36,12 +36,13 @@ from urllib.parse import urlsplit
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from service.errors import NotFound, RateLimited, ServiceError, StoreUnavailable
 from service.keyed import KeyedHash
-from service.metrics import Metrics
+from service.metrics import Metrics, StoreReason
 from service.settings import Limit, Settings
 from service.state import (
     CHANNELS,
@@ -57,6 +58,8 @@ from service.state import (
     read_verification,
     split_id,
 )
+
+log = structlog.get_logger("service.store")
 
 _LUA = Path(__file__).with_name("lua")
 
@@ -82,6 +85,10 @@ class Store:
         self._metrics = metrics or Metrics()
         self.prefix = prefix
         self._keyed = KeyedHash(secret)
+        # An outage, for its two log lines: when the first failure of it began (perf_counter),
+        # or None; and when the last one ended.
+        self._down_since: float | None = None
+        self._up_since = 0.0
         self._scripts = {
             name: redis.register_script(_script(name))
             for name in (
@@ -98,7 +105,21 @@ class Store:
 
     def _op(self, name: str) -> _Op:
         """Time one store operation; any failure to reach Redis is a 503, never a 500."""
-        return _Op(self._metrics.child(self._metrics.store_latency, name))
+        return _Op(self, name, self._metrics.child(self._metrics.store_latency, name))
+
+    def _failed(self, op: str, reason: StoreReason, started: float) -> None:
+        self._metrics.child(self._metrics.store_errors, op, reason).inc()
+        # An operation begun before the last recovery says nothing of the store since.
+        if self._down_since is None and started >= self._up_since:
+            self._down_since = started
+            log.warning("store unavailable", op=op, reason=reason)
+
+    def _answered(self, started: float) -> None:
+        # Nor does one begun before the outage: it may have been answered just before it.
+        if self._down_since is not None and started >= self._down_since:
+            now = time.perf_counter()
+            log.info("store recovered", outage_s=round(now - self._down_since, 2))
+            self._down_since, self._up_since = None, now
 
     # Keys -------------------------------------------------------------------------------
 
@@ -411,12 +432,37 @@ def _seconds(ms: int) -> int:
     return max(1, -(-ms // 1000))
 
 
+def _reason(exc: BaseException) -> StoreReason | None:
+    """Why a store call failed, from a fixed set; None if Redis was not at fault."""
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return "loading"
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis.exceptions.ConnectionError | OSError):
+        return "connection"
+    if isinstance(exc, redis.exceptions.MovedError):
+        return "cluster_moved"
+    if isinstance(exc, redis.exceptions.AskError):
+        return "cluster_ask"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, redis.exceptions.NoScriptError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and "script" in str(exc).lower()
+    ):
+        return "script_error"
+    if isinstance(exc, redis.exceptions.RedisError):
+        return "other"
+    return None
+
+
 class _Op:
     """A class, not a generator-based context manager: it wraps every request's store call."""
 
-    __slots__ = ("_started", "_timer")
+    __slots__ = ("_name", "_started", "_store", "_timer")
 
-    def __init__(self, timer: Any) -> None:
+    def __init__(self, store: Store, name: str, timer: Any) -> None:
+        self._store = store
+        self._name = name
         self._timer = timer
         self._started = 0.0
 
@@ -426,7 +472,12 @@ class _Op:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
         self._timer.observe(time.perf_counter() - self._started)
         if exc is None:
+            if self._store._down_since is not None:
+                self._store._answered(self._started)
             return
+        reason = _reason(exc)
+        if reason is not None:
+            self._store._failed(self._name, reason, self._started)
         if isinstance(
             exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError
         ):

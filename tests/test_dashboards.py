@@ -356,6 +356,44 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
             f'callauth_newtel_errors_total{{{a}, method="call_status", reason="budget"}}',
             "0+600x30",
         ),
+        # HTTP: a start a second throughout; from 5m on, half a 503 a second as well.
+        (
+            f'callauth_http_requests_total{{{a}, route="/v1/verifications", method="POST", '
+            'status="201"}',
+            "0+60x30",
+        ),
+        (
+            f'callauth_http_requests_total{{{a}, route="/v1/verifications", method="POST", '
+            'status="503"}',
+            "0x5 0+30x25",
+        ),
+        # Starts take 1-2.5 s (New-Tel: under their 5 s bound); checks, 250-500 ms from 3m
+        # on (over their 250 ms one).
+        *(
+            (
+                f'callauth_http_request_seconds_bucket{{{a}, route="/v1/verifications", '
+                f'method="POST", le="{le}"}}',
+                values,
+            )
+            for le, values in (("1.0", "0x30"), ("2.5", "0+60x30"), ("+Inf", "0+60x30"))
+        ),
+        *(
+            (
+                f'callauth_http_request_seconds_bucket{{{a}, route="/v1/verifications/check", '
+                f'method="POST", le="{le}"}}',
+                values,
+            )
+            for le, values in (
+                ("0.25", "0+60x3 180x27"),
+                ("0.5", "0+60x30"),
+                ("+Inf", "0+60x30"),
+            )
+        ),
+        # Redis refuses connections from 11m to 15m.
+        (
+            f'callauth_store_errors_total{{{a}, op="reserve", reason="connection"}}',
+            "0x10 5+5x4 25x15",
+        ),
     ]
     operations_cases = [
         _case("CallauthNewTelCircuitOpen", "1m"),
@@ -374,6 +412,13 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
         _case("CallauthNewTelStatusCircuitOpen", "8m", {"instance": "a:8080"}),
         _case("CallauthNewTelErrorRate", "4m"),
         _case("CallauthNewTelErrorRate", "15m", {"method": "flash_call"}, "50%"),
+        _case("CallauthHttpErrorRatio", "8m"),
+        _case("CallauthHttpErrorRatio", "20m", {}, "33.33%"),
+        _case("CallauthHttpSlow", "8m"),
+        _case("CallauthHttpSlow", "20m", {"route": "/v1/verifications/check"}, "497.5ms"),
+        _case("CallauthStoreErrors", "10m"),
+        _case("CallauthStoreErrors", "13m", {"instance": "a:8080"}),
+        _case("CallauthStoreErrors", "25m"),
     ]
     # Conversion: 10 starts a minute throughout; 8 approvals a minute for a day, then 2.
     conversion = [

@@ -354,3 +354,77 @@ async def test_sigterm_under_load_lets_every_in_flight_start_finish_and_exits_ze
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_chaos_redis_killed_and_restarted_under_load_is_seen_once_and_recovers(
+    aiohttp_client, own_redis, service_logs
+) -> None:
+    """Issue 17's operator run, short: 8 workers start and check while Redis is killed and
+    restarted empty. Only 2xx, 4xx and 503; one warning and one recovery line; the error
+    counter moves; full service within 2 s of the restart."""
+    settings = make_settings(fresh_prefix(), redis_url=own_redis.url, resend_cooldown_s=0)
+    client = await aiohttp_client(create_app(settings))
+    numbers = iter(phones(5000, base=79035600000))
+    answers: list[tuple[float, str, int]] = []  # (began, what, status)
+    running = True
+
+    async def worker() -> None:
+        while running:
+            began = time.monotonic()
+            started = await client.post(
+                "/v1/verifications", json={"phone": next(numbers)}, headers=AUTH
+            )
+            answers.append((began, "start", started.status))
+            if started.status == 201:
+                vid = (await started.json())["id"]
+                began = time.monotonic()
+                checked = await client.post(
+                    f"/v1/verifications/{vid}/check", json={"code": "00000"}, headers=AUTH
+                )
+                answers.append((began, "check", checked.status))
+            else:
+                await started.read()
+            await asyncio.sleep(0.01)
+
+    workers = [asyncio.create_task(worker()) for _ in range(8)]
+    try:
+        await asyncio.sleep(1.0)
+        await own_redis.stop()
+        killed = time.monotonic()
+        await asyncio.sleep(1.0)
+        await own_redis.start()
+        restarted = time.monotonic()
+        await asyncio.sleep(2.5)
+    finally:
+        running = False
+        await asyncio.gather(*workers)
+
+    statuses = {status for _, _, status in answers}
+    assert statuses <= {200, 201, 400, 404, 409, 422, 429, 503}, statuses
+    assert all(200 <= s < 500 or s == 503 for s in statuses)
+    assert any(began < killed and s == 201 for began, _, s in answers)
+    assert any(killed < began < restarted and s == 503 for began, _, s in answers)
+    recovered = [began for began, what, s in answers if began > restarted and s == 201]
+    assert recovered, "no start succeeded after the restart"
+    assert recovered[0] - restarted < 2.0
+    # Once recovered, recovered for good: nothing begun 2 s after the restart is a 503.
+    assert not [s for began, _, s in answers if began > restarted + 2.0 and s == 503]
+
+    lines = service_logs.lines()
+    down = [line for line in lines if line["event"] == "store unavailable"]
+    up = [line for line in lines if line["event"] == "store recovered"]
+    assert len(down) == 1, down
+    assert len(up) == 1, up
+    assert down[0]["level"] == "warning"
+    assert down[0]["reason"] == "connection"
+    assert up[0]["level"] == "info"
+    assert 0.5 < up[0]["outage_s"] < 5
+    text = await (await client.get("/metrics")).text()
+    errors = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("callauth_store_errors_total{")
+    ]
+    assert sum(errors) >= 1
+    assert 'reason="connection"' in text
+    no_unhandled_errors(service_logs)

@@ -9,6 +9,7 @@ import signal
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as redis_exceptions
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -27,10 +28,11 @@ from helpers import (
 
 from service.app import MONITOR, create_app
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
-from service.errors import NotFound, ProviderUnavailable
-from service.metrics import NEWTEL_ERROR_REASONS, Metrics
+from service.errors import NotFound, ProviderUnavailable, StoreUnavailable
+from service.metrics import NEWTEL_ERROR_REASONS, STORE_ERROR_REASONS, Metrics
 from service.problems import ACCESS_LOG, served
 from service.providers.newtel import NewTelClient
+from service.store import Store
 
 
 class Ticker:
@@ -467,3 +469,140 @@ async def test_an_account_status_new_tel_does_not_document_is_labelled_other(mak
     assert metric(text, "callauth_newtel_account_status", status="other") == 1
     assert metric(text, "callauth_newtel_account_status", status="active") == 0
     assert "frozen" not in text
+
+
+# Request metrics and outage signals (issue 17) ----------------------------------------------
+
+
+async def test_every_answer_is_counted_and_timed_by_route_template_method_and_status(
+    aiohttp_client,
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(resend_cooldown_s=0)))
+    started = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert started.status == 201
+    vid = (await started.json())["id"]
+    assert (await client.get(f"/v1/verifications/{vid}", headers=AUTH)).status == 200
+    assert (await client.get("/v1/verifications/vf_nothing", headers=AUTH)).status == 404
+    assert (await client.get("/no/such/79035675124")).status == 404
+    assert (await client.request("TRACE", "/healthz")).status == 405
+    text = await metrics_text(client)
+    requests = "callauth_http_requests_total"
+    assert metric(text, requests, route="/v1/verifications", method="POST", status="201") == 1
+    one = "/v1/verifications/{id}"
+    assert metric(text, requests, route=one, method="GET", status="200") == 1
+    assert metric(text, requests, route=one, method="GET", status="404") == 1
+    assert metric(text, requests, route="(unmatched)", method="GET", status="404") == 1
+    assert metric(text, requests, route="/healthz", method="other", status="405") == 1
+    latency = "callauth_http_request_seconds_count"
+    assert metric(text, latency, route=one, method="GET") == 2
+    # Templates only: no id, no path a client made up, no method it made up.
+    assert vid not in text
+    assert "no/such" not in text
+    assert "7903" not in text
+    assert "TRACE" not in text
+
+
+class FailingGets:
+    """fakeredis whose GET fails with `error` while it is set."""
+
+    def __init__(self) -> None:
+        import fakeredis
+
+        self.inner = fakeredis.FakeAsyncRedis(decode_responses=True)
+        self.error: Exception | None = None
+
+    def register_script(self, script: str) -> object:
+        return self.inner.register_script(script)
+
+    async def get(self, key: str) -> str | None:
+        if self.error is not None:
+            raise self.error
+        return await self.inner.get(key)  # type: ignore[no-any-return]
+
+
+async def test_a_store_outage_logs_one_warning_and_one_recovery_and_counts_each_error(
+    service_logs,
+) -> None:
+    metrics = Metrics()
+    redis = FailingGets()
+    store = Store(redis, prefix="callauth-test:", secret=b"s" * 32, metrics=metrics)
+    await store.raw_state("t")
+    redis.error = redis_exceptions.ConnectionError("Connection refused")
+    for _ in range(5):
+        with pytest.raises(StoreUnavailable):
+            await store.raw_state("t")
+    redis.error = redis_exceptions.TimeoutError("Timeout reading from socket")
+    with pytest.raises(StoreUnavailable):
+        await store.raw_state("t")
+    redis.error = None
+    for _ in range(3):
+        await store.raw_state("t")
+    lines = [line for line in service_logs.lines() if line["event"].startswith("store ")]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("store unavailable", "warning"),
+        ("store recovered", "info"),
+    ]
+    assert lines[0]["reason"] == "connection"
+    assert lines[0]["op"] == "get"
+    assert lines[1]["outage_s"] >= 0
+    text = metrics.render().decode()
+    assert metric(text, "callauth_store_errors_total", op="get", reason="connection") == 5
+    assert metric(text, "callauth_store_errors_total", op="get", reason="timeout") == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (redis_exceptions.TimeoutError("Timeout"), "timeout"),
+        (TimeoutError(), "timeout"),
+        (redis_exceptions.ConnectionError("Connection reset by peer"), "connection"),
+        (ConnectionRefusedError(), "connection"),
+        (redis_exceptions.BusyLoadingError("LOADING"), "loading"),
+        (redis_exceptions.MovedError("3999 127.0.0.1:6381"), "cluster_moved"),
+        (redis_exceptions.AskError("3999 127.0.0.1:6381"), "cluster_ask"),
+        (redis_exceptions.ReadOnlyError("READONLY"), "readonly"),
+        (redis_exceptions.NoScriptError("NOSCRIPT"), "script_error"),
+        (redis_exceptions.ResponseError("Error running script (call to f_x)"), "script_error"),
+        (redis_exceptions.ResponseError("WRONGTYPE"), "other"),
+    ],
+)
+async def test_each_store_failure_is_a_503_counted_under_its_reason(error, reason) -> None:
+    metrics = Metrics()
+    redis = FailingGets()
+    store = Store(redis, prefix="callauth-test:", secret=b"s" * 32, metrics=metrics)
+    redis.error = error
+    with pytest.raises(StoreUnavailable):
+        await store.raw_state("t")
+    text = metrics.render().decode()
+    assert metric(text, "callauth_store_errors_total", op="get", reason=reason) == 1
+    assert reason in STORE_ERROR_REASONS
+
+
+def test_a_new_tel_outage_logs_one_warning_with_its_reason_and_one_recovery(
+    service_logs,
+) -> None:
+    clock = Ticker()
+    breaker = CircuitBreaker(2, 30, Metrics(), clock)
+    for _ in range(2):
+        breaker.allow()
+        breaker.record(outage=True, reason="http_5xx")
+    for _ in range(3):  # failed probes re-open the circuit: still the same outage
+        clock.now += 30
+        breaker.allow()
+        breaker.record(outage=True, reason="timeout")
+    clock.now += 30
+    breaker.allow()
+    breaker.record(outage=False)
+    breaker.allow()
+    breaker.record(outage=False)
+    lines = [line for line in service_logs.lines() if line["event"].startswith("newtel ")]
+    edges = [line for line in lines if line["event"] in ("newtel unavailable", "newtel recovered")]
+    assert [(line["event"], line["level"]) for line in edges] == [
+        ("newtel unavailable", "warning"),
+        ("newtel recovered", "info"),
+    ]
+    assert edges[0]["reason"] == "http_5xx"
+    assert edges[0]["circuit"] == "start"
+    assert edges[1]["outage_s"] == 120
+    # The transition lines stay as they were: one per transition.
+    assert [line["event"] for line in lines].count("newtel circuit open") == 4
