@@ -15,12 +15,14 @@ _MAX_INPUT = 32
 _E164_MAX_DIGITS = 15
 
 
-# phonenumbers' number types by value, named as CALLAUTH_ALLOWED_NUMBER_TYPES names them.
-_TYPE_NAMES = {
-    value: name.lower()
+# phonenumbers' number types by their lower-case names (mobile, fixed_line, voip, ...), as
+# CALLAUTH_ALLOWED_NUMBER_TYPES names them.
+NUMBER_TYPES = {
+    name.lower(): value
     for name, value in vars(phonenumbers.PhoneNumberType).items()
     if name.isupper() and isinstance(value, int)
 }
+_TYPE_NAMES = {value: name for name, value in NUMBER_TYPES.items()}
 
 
 @dataclass(frozen=True, slots=True)

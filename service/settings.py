@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import phonenumbers
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.errors import InvalidPhone
+from service.phones import NUMBER_TYPES, normalize
 
 CHANNELS = ("flash_call", "voice_call", "inbound_call")
 DEFAULT_VOICE_TEXT = "Ваш код подтверждения: {code}. Повторяю: {code}."
@@ -58,14 +60,6 @@ def _parse_limits(value: object) -> tuple[Limit, ...]:
     return tuple(sorted(limits, key=lambda limit: limit.window_s))
 
 
-# phonenumbers' number types by their lower-case names: mobile, fixed_line, voip, ...
-NUMBER_TYPES = {
-    name.lower(): value
-    for name, value in vars(phonenumbers.PhoneNumberType).items()
-    if name.isupper() and isinstance(value, int)
-}
-
-
 def _split(value: object) -> list[str]:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -80,15 +74,21 @@ VOICE_TEXT_MAX = 200
 _LONGEST_CODE = "0" * 8
 
 
+def _names(value: object, known: Iterable[str], what: str) -> frozenset[str]:
+    """A non-empty set of `known` names (lower-cased), from a comma-separated list or a list."""
+    known = tuple(known)
+    names = frozenset(item.lower() for item in _split(value))
+    unknown = sorted(names - set(known))
+    if not names or unknown:
+        raise ValueError(
+            f"unknown {what} {', '.join(unknown) or '(none)'}; known: {', '.join(known)}"
+        )
+    return names
+
+
 def parse_channels(value: object) -> frozenset[str]:
     """A non-empty set of CHANNELS, from a comma-separated list or a list."""
-    channels = frozenset(item.lower() for item in _split(value))
-    unknown = sorted(channels - set(CHANNELS))
-    if not channels or unknown:
-        raise ValueError(
-            f"unknown channel {', '.join(unknown) or '(none)'}; known: {', '.join(CHANNELS)}"
-        )
-    return channels
+    return _names(value, CHANNELS, "channel")
 
 
 def parse_countries(value: object) -> frozenset[str]:
@@ -101,10 +101,6 @@ def parse_countries(value: object) -> frozenset[str]:
 
 def parse_test_numbers(pairs: Iterable[tuple[object, object]]) -> dict[str, str]:
     """(phone, code) pairs as {E.164 digits: code}; codes of 4..8 digits."""
-    # Imported here so settings stay importable without the phone rules.
-    from service.errors import InvalidPhone
-    from service.phones import normalize
-
     numbers: dict[str, str] = {}
     for phone, code in pairs:
         code = str(code)
@@ -209,14 +205,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_number_types", mode="before")
     @classmethod
     def _number_types(cls, value: object) -> frozenset[str]:
-        types = frozenset(item.lower() for item in _split(value))
-        unknown = sorted(types - NUMBER_TYPES.keys())
-        if not types or unknown:
-            raise ValueError(
-                f"unknown number type {', '.join(unknown) or '(none)'}; "
-                f"known: {', '.join(sorted(NUMBER_TYPES))}"
-            )
-        return types
+        return _names(value, sorted(NUMBER_TYPES), "number type")
 
     @field_validator("channels", mode="before")
     @classmethod
