@@ -79,7 +79,7 @@ def _verifier(env: dict[str, str]) -> Any:
     logs.configure(settings.log_level, settings.log_format)
     secret = settings.secret.get_secret_value().encode() if settings.secret else b""
     store = Store(connect(settings), prefix=settings.key_prefix, secret=secret)
-    sandbox = SandboxProvider(settings.code_length)
+    sandbox = SandboxProvider()
     return Verifier(settings, store, sandbox, secret=secret, sandbox=sandbox)
 
 

@@ -168,6 +168,7 @@ class GuardedProvider:
             raise ValueError("call-status polling needs a circuit of its own")
         self.inner = inner
         self.name = inner.name
+        self.flash_pin_length = inner.flash_pin_length
         self.breaker = breaker
         self.status_breaker = status_breaker
         self.status_budget = status_budget

@@ -66,8 +66,6 @@ log = structlog.get_logger("service.verification")
 
 # A repeat of a running request waits this long in all (0.75 s), then answers 409.
 _IDEMPOTENCY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
-# The pin a flash call proposes to New-Tel (which may answer with a pin of its own).
-NEWTEL_PIN_LENGTH = 5
 # A client: its Profile (the HTTP layer passes the one its key was authenticated with, so a
 # reload in mid-request changes nothing for it) or its id (the profile in force is looked up).
 ClientRef = Profile | str
@@ -165,11 +163,13 @@ class Verifier:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    def _mac(self, message: str) -> str:
+        """HMAC-SHA256 of `message` under the secret, cut to 128 bits, in base64url."""
+        return base64.urlsafe_b64encode(self._keyed(message.encode())[:16]).rstrip(b"=").decode()
+
     def _hash(self, verification_id: str, code: str) -> str:
-        """HMAC-SHA256 of the code, bound to its verification, cut to 128 bits (base64url)."""
-        message = f"{verification_id}:{code}".encode()
-        digest = self._keyed(message)[:16]
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        """The stored form of a code: bound to its verification."""
+        return self._mac(f"{verification_id}:{code}")
 
     def view(self, v: StoredVerification, p: Profile) -> Verification:
         """What callers see of `v`, a verification of the client of `p`."""
@@ -187,7 +187,7 @@ class Verifier:
             checks_left=v.checks_left,
             sends_left=max(0, p.max_sends - v.sends),
             # The cooldown that holds the phone now, from its last call.
-            resend_after=_utc(v.calls[-1].placed_at_ms + self.settings.resend_cooldown_s * 1000),
+            resend_after=_utc(last.placed_at_ms + self.settings.resend_cooldown_s * 1000),
             calls=[
                 Call(call.channel, _utc(call.placed_at_ms), call.status or "unknown")
                 for call in v.calls
@@ -225,7 +225,7 @@ class Verifier:
             return await self._send(p, digits, channel, ips, None)
         ttl_ms = p.code_ttl_s * 1000
         # What binds the key to its request: the same phone, channel and ip.
-        fingerprint = self._fingerprint(f"{digits}|{channel}|{ip or ''}")
+        fingerprint = self._mac(f"{digits}|{channel}|{ip or ''}")
         replay = await self._idempotent_replay(p, idempotency_key, fingerprint, ttl_ms)
         if replay is not None:
             return replay
@@ -260,8 +260,7 @@ class Verifier:
 
     def _callback_token(self, verification_id: str, placed_at_ms: int) -> str:
         call = f"{verification_id}.{placed_at_ms}"
-        mac = self._keyed(f"callback:{call}".encode())[:16]
-        return f"{call}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+        return f"{call}.{self._mac(f'callback:{call}')}"
 
     def _callback_call(self, token: str) -> tuple[str, int] | None:
         """The verification and call a callback token was made for, or None if it is not one
@@ -274,9 +273,6 @@ class Verifier:
         if not hmac.compare_digest(expected.encode(), token.encode()):
             return None
         return verification_id, int(placed_at)
-
-    def _fingerprint(self, request: str) -> str:
-        return base64.urlsafe_b64encode(self._keyed(request.encode())[:16]).decode().rstrip("=")
 
     async def _idempotent_replay(
         self, p: Profile, key: str, fingerprint: str, ttl_ms: int
@@ -402,9 +398,7 @@ class Verifier:
         if channel == "voice_call":
             code = random_digits(p.code_length)
             return await self.provider.voice_call(phone, code, p.speak(code))
-        # New-Tel rings with a pin of its own choosing (its answer says which); the sandbox rings
-        # with the pin proposed, a code of the client's length, as the service makes its codes.
-        pin_length = p.code_length if self.provider.name == "sandbox" else NEWTEL_PIN_LENGTH
+        pin_length = self.provider.flash_pin_length or p.code_length
         return await self.provider.flash_call(phone, random_digits(pin_length))
 
     async def _release(self, reservation: Reservation) -> None:

@@ -373,7 +373,7 @@ class VerificationMachine(RuleBasedStateMachine):
         )
         self.redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
         self.store = Store(self.redis, prefix=s.key_prefix, secret=SECRET.encode())
-        self.sandbox = SandboxProvider(s.code_length)
+        self.sandbox = SandboxProvider()
         self.verifier = Verifier(
             s,
             self.store,

@@ -29,6 +29,9 @@ class Provider(Protocol):
     """Places calls. Raises NumberUnreachable, ProviderError or ProviderUnavailable."""
 
     name: str
+    # Digits of the pin a flash call proposes; None: the code's own length (the client's),
+    # for a provider that rings with the pin it is given.
+    flash_pin_length: int | None
 
     async def flash_call(self, phone: str, pin: str) -> PlacedCall:
         """Ring `phone` from a number whose last digits are the code."""

@@ -115,6 +115,8 @@ class NewTelClient:
     """One client, one ClientSession. A call start is never retried: it could ring twice."""
 
     name = "newtel"
+    # New-Tel may ring with a pin of its own choosing instead (its answer says which).
+    flash_pin_length: int | None = 5
 
     def __init__(
         self,

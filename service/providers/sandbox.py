@@ -40,9 +40,10 @@ class SandboxProvider:
 
     name = "sandbox"
 
-    def __init__(self, code_length: int | None = None) -> None:
-        """`code_length` is not used any more (each flash call's pin is its code, made at the
-        client's length by the rules); still taken so existing callers build one."""
+    # A flash call rings with the pin proposed: a code of the client's length.
+    flash_pin_length: int | None = None
+
+    def __init__(self) -> None:
         self._by_phone: OrderedDict[str, deque[SandboxCall]] = OrderedDict()
         self._by_id: dict[str, SandboxCall] = {}
 
