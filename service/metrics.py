@@ -63,6 +63,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # route: the route's template ("/v1/verifications/{id}") or "(unmatched)", never the
         # path; method: a standard one or "other". Both fixed sets, whatever clients send.
         self.http_requests = Counter(
@@ -213,10 +214,10 @@ class Metrics:
     def http(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         """The request counter's and the latency histogram's children for one answer, kept
         together: served() pays one dict lookup a request for both."""
-        key = (0, (route, method, str(status)))
-        found: tuple[Any, Any] | None = self._children.get(key)
+        key = (route, method, status)
+        found = self._http_children.get(key)
         if found is None:
-            found = self._children[key] = (
+            found = self._http_children[key] = (
                 self.http_requests.labels(route, method, str(status)),
                 self.child(self.http_latency, route, method),
             )

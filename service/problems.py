@@ -122,17 +122,18 @@ def served(handler: Handler) -> Handler:
             response.headers["X-Request-ID"] = request_id
             elapsed = time.perf_counter() - started
             app = request.app
+            route = _route(request)
             metrics = app.get(METRICS)
             if metrics is not None:
                 method = request.method if request.method in _METHODS else "other"
-                count, latency = metrics.http(_route(request), method, response.status)
+                count, latency = metrics.http(route, method, response.status)
                 count.inc()
                 latency.observe(elapsed)
             if app[ACCESS_LOG]:
                 log.info(
                     "request",
                     method=request.method,
-                    route=_route(request),
+                    route=route,
                     status=response.status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
