@@ -4,21 +4,17 @@ and ids that only look valid."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from conftest import AUTH
-from helpers import free_port, problem, started, wrong
+from helpers import free_port, problem, start_service_process, started, wrong
 
 from service.problems import ACCESS_LOG, served
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "SECRETKEY-123456789"
 
 
@@ -153,30 +149,10 @@ async def test_a_body_that_does_not_arrive_in_time_is_408_and_the_connection_clo
 
 async def test_python_m_service_closes_an_idle_keep_alive_connection_after_keepalive_s() -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLAUTH_")}
-    env |= {
-        "CALLAUTH_PORT": str(port),
-        "CALLAUTH_KEEPALIVE_S": "0.5",
-        "CALLAUTH_LOG_LEVEL": "error",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    env = {"CALLAUTH_KEEPALIVE_S": "0.5", "CALLAUTH_LOG_LEVEL": "error"}
+    proc = await start_service_process(env, port)
     try:
-        for _ in range(400):  # start-up, on a loaded machine
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the service did not start")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             await writer.drain()
