@@ -72,13 +72,15 @@ def _verifier(env: dict[str, str]) -> Any:
     started with `env` runs (the same secret, so the same keys and callback tokens)."""
     from service import logs
     from service.providers.sandbox import SandboxProvider
+    from service.state import kept_ms
     from service.store import Store, connect
     from service.verification import Verifier
 
     settings = _settings(env)
     logs.configure(settings.log_level, settings.log_format)
     secret = settings.secret.get_secret_value().encode() if settings.secret else b""
-    store = Store(connect(settings), prefix=settings.key_prefix, secret=secret)
+    keep_ms = kept_ms(settings.resend_cooldown_s * 1000, settings.phone_limit)
+    store = Store(connect(settings), prefix=settings.key_prefix, secret=secret, keep_ms=keep_ms)
     sandbox = SandboxProvider()
     return Verifier(settings, store, sandbox, secret=secret, sandbox=sandbox)
 

@@ -234,7 +234,7 @@ def json_response(
     )
 
 
-def _verification(v: Verification, *, with_calls: bool) -> Any:
+def verification_body(v: Verification, *, with_calls: bool) -> Any:
     out: dict[str, Any] = {
         "id": v.id,
         "phone": v.phone,
@@ -274,7 +274,7 @@ async def start(request: web.Request) -> web.Response:
     )
     headers = {"Location": f"/v1/verifications/{verification.id}"}
     return json_response(
-        _verification(verification, with_calls=False), 201 if created else 200, headers
+        verification_body(verification, with_calls=False), 201 if created else 200, headers
     )
 
 
@@ -284,7 +284,7 @@ async def resend(request: web.Request) -> web.Response:
     verification = await request.app[VERIFIER].resend(
         client, request.match_info["id"], body.channel
     )
-    return json_response(_verification(verification, with_calls=False))
+    return json_response(verification_body(verification, with_calls=False))
 
 
 async def check(request: web.Request) -> web.Response:
@@ -304,13 +304,13 @@ async def check_by_phone(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.Response:
     client = _client(request)
     verification = await request.app[VERIFIER].get(client, request.match_info["id"])
-    return json_response(_verification(verification, with_calls=True))
+    return json_response(verification_body(verification, with_calls=True))
 
 
 async def cancel(request: web.Request) -> web.Response:
     client = _client(request)
     verification = await request.app[VERIFIER].cancel(client, request.match_info["id"])
-    return json_response(_verification(verification, with_calls=True))
+    return json_response(verification_body(verification, with_calls=True))
 
 
 async def sandbox_calls(request: web.Request) -> web.Response:
@@ -349,7 +349,7 @@ async def sandbox_inbound_call(request: web.Request) -> web.Response:
         raise NotFound("no such route")
     body = await _parse(request, SandboxInboundCallRequest)
     verification = await request.app[VERIFIER].inbound.play_in_sandbox(client, body.phone)
-    return json_response(_verification(verification, with_calls=True))
+    return json_response(verification_body(verification, with_calls=True))
 
 
 def _scalar(value: object) -> str | None:

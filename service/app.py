@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from service import api, demo, openapi, problem_pages
 from service.breaker import CircuitBreaker, GuardedProvider, TokenBucket
@@ -24,8 +25,10 @@ from service.providers.base import Provider
 from service.providers.newtel import NewTelClient
 from service.providers.sandbox import SandboxProvider
 from service.settings import Settings
+from service.state import kept_ms
 from service.store import Store, connect
 from service.verification import Verifier
+from service.webhooks import Deliverer
 
 log = structlog.get_logger("service.http")
 
@@ -35,6 +38,7 @@ PROVIDER = web.AppKey("provider", Provider)
 NEWTEL: web.AppKey[NewTelClient | None] = web.AppKey("newtel")
 BREAKER: web.AppKey[CircuitBreaker | None] = web.AppKey("breaker")
 MONITOR: web.AppKey[BalanceMonitor | None] = web.AppKey("monitor")
+DELIVERER = web.AppKey("deliverer", Deliverer)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -146,10 +150,12 @@ def create_app(
     redis: Any = None,
     monotonic: Callable[[], float] = time.monotonic,
     clients: Clients | None = None,
+    webhook_resolver: AbstractResolver | None = None,
 ) -> web.Application:
     """Build the application; resources open and close with it (cleanup_ctx). `clock` is the
     wall clock of the verifications; `monotonic` times the circuits and the status budget.
-    `clients`: as `load_clients(settings)` reads them (which raises ClientsError), if not given."""
+    `clients`: as `load_clients(settings)` reads them (which raises ClientsError), if not given.
+    `webhook_resolver`: the name resolution webhooks use (the system's if not given)."""
     app = web.Application(client_max_size=MAX_BODY)
     metrics = app[METRICS] = Metrics()
     app[BREAKER] = None
@@ -176,6 +182,7 @@ def create_app(
             redis if redis is not None else connect(settings),
             prefix=settings.key_prefix,
             secret=secret,
+            keep_ms=kept_ms(settings.resend_cooldown_s * 1000, settings.phone_limit),
             metrics=metrics,
         )
         yield
@@ -216,8 +223,27 @@ def create_app(
         log.info("started", provider=provider.name, cluster=settings.cluster)
         yield
 
+    async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+        verifier = app[api.VERIFIER]
+        deliverer = app[DELIVERER] = Deliverer(
+            settings,
+            app[STORE],
+            registry.profile,
+            verifier.view,
+            metrics,
+            clock=clock,
+            resolver=webhook_resolver,
+        )
+        verifier.events_written = deliverer.wake
+        task = asyncio.create_task(deliverer.run(), name="webhooks")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await deliverer.close()
+
     # One context per resource: a close that fails still lets the others close.
-    app.cleanup_ctx.extend([store_ctx, provider_ctx, monitor_ctx, verifier_ctx])
+    app.cleanup_ctx.extend([store_ctx, provider_ctx, monitor_ctx, verifier_ctx, webhooks_ctx])
     if settings.clients_file is not None:
         app.cleanup_ctx.append(_sighup_ctx(registry))
     sandbox = settings.provider_name == "sandbox"

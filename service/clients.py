@@ -14,8 +14,6 @@ authenticated keeps the Profile it was given. A bad file leaves the clients in f
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -25,7 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,6 +34,8 @@ from service.settings import (
     Limit,
     Settings,
     check_voice_text,
+    check_webhook_secret,
+    check_webhook_url,
     parse_channels,
     parse_countries,
     parse_limit,
@@ -52,8 +51,6 @@ _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # `python -m service new-key`: 32 random bytes, 43 characters of base64url.
 NEW_KEY_BYTES = 32
-WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, no secret
-WEBHOOK_SECRET_BYTES = (24, 64)
 # The index is keyed by the first bytes of a key's hash; the whole hash is then compared in
 # constant time. Two keys sharing a prefix (2**-64 odds) just share an index entry.
 _INDEX_BYTES = 8
@@ -125,6 +122,10 @@ def settings_profile(settings: Settings, client: str) -> Profile:
         client_limit=settings.client_limit,
         allowed_countries=settings.allowed_countries,
         test_numbers=settings.test_numbers,
+        webhook_url=settings.webhook_url,
+        webhook_secrets=(
+            (settings.webhook_secret.get_secret_value(),) if settings.webhook_secret else ()
+        ),
     )
 
 
@@ -192,29 +193,13 @@ class ClientTable(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            ok = parts.scheme in ("https", "http") and bool(parts.hostname)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError("expected an https:// URL")
-        return value
+        return check_webhook_url(value)
 
     @field_validator("webhook_secrets")
     @classmethod
     def _webhook_secrets(cls, values: list[str]) -> list[str]:
-        low, high = WEBHOOK_SECRET_BYTES
         for value in values:
-            body = value.removeprefix(WEBHOOK_SECRET_PREFIX)
-            try:
-                size = len(base64.b64decode(body, validate=True))
-            except (binascii.Error, ValueError):
-                size = -1
-            if body == value or not low <= size <= high:
-                raise ValueError(
-                    f"expected {WEBHOOK_SECRET_PREFIX} and the base64 of {low} to {high} bytes"
-                )
+            check_webhook_secret(value)
         return values
 
 
@@ -357,6 +342,11 @@ def _resolve(client: str, table: ClientTable, settings: Settings) -> Profile:
     if table.webhook_secrets is not None:
         given["webhook_secrets"] = tuple(table.webhook_secrets)
     profile = replace(settings_profile(settings, client), **given)
+    if profile.webhook_url and not profile.webhook_secrets:
+        raise ClientsError(
+            f"client {client!r}, field webhook_secrets: needed with a webhook_url "
+            "(or CALLAUTH_WEBHOOK_SECRET)"
+        )
     try:
         check_voice_text(profile.voice_text, profile.name)
     except ValueError as exc:

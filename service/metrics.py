@@ -11,9 +11,11 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "NEWTEL_ERROR_REASONS",
     "STORE_ERROR_REASONS",
+    "WEBHOOK_OUTCOMES",
     "Metrics",
     "NewTelReason",
     "StoreReason",
+    "WebhookOutcome",
 ]
 
 # callauth_newtel_errors_total's `reason`: a fixed set, never New-Tel's own text (that goes to
@@ -54,6 +56,27 @@ _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # usually, up to CALLAUTH_NEWTEL_TIMEOUT_S, 10 s by default). Bounds dense below 25 ms split the
 # first kind, a p99 alert at 250 ms for it sits on a bound, and 2.5-10 s shows a New-Tel
 # timeout; 13 bounds keep a route's series at 16.
+# Webhook lag, an event to its delivery: tens of ms when the receiver answers at once, then the
+# retry waits (5 s, 5 min, 30 min, ... 1 day) when it does not.
+_LAG = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    60.0,
+    300.0,
+    1800.0,
+    7200.0,
+    86400.0,
+)
+WebhookOutcome = Literal["delivered", "retry", "dead", "gone", "refused"]
+WEBHOOK_OUTCOMES: tuple[WebhookOutcome, ...] = get_args(WebhookOutcome)
 _HTTP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -196,6 +219,25 @@ class Metrics:
         # failed reload would go unseen by an alert.
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+        self.webhook_deliveries = Counter(
+            "callauth_webhook_deliveries_total",
+            "Webhook delivery attempts by client and outcome: delivered (2xx), retry (failed, "
+            "tried again later), dead (failed after the last retry), gone (410: the event is "
+            "dropped), refused (the target is loopback, private, link-local or plain http://)",
+            ["client", "outcome"],
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "callauth_webhook_pending",
+            "Webhook events in the outbox: not yet delivered, gone or dead (all shards)",
+            registry=r,
+        )
+        self.webhook_lag = Histogram(
+            "callauth_webhook_lag_seconds",
+            "From an event to its delivery (retries included)",
+            buckets=_LAG,
+            registry=r,
+        )
         self.balance_checked = Gauge(
             "callauth_newtel_balance_checked_timestamp_seconds",
             "When the balance was last read",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -127,6 +129,49 @@ def check_voice_text(value: str, name: str | None = None) -> str:
     return value
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, no secret
+WEBHOOK_SECRET_BYTES = (24, 64)
+
+
+def check_webhook_secret(value: str) -> str:
+    """`value` if it is `whsec_` and the base64 of 24 to 64 bytes (never echoed: a secret)."""
+    low, high = WEBHOOK_SECRET_BYTES
+    body = value.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        size = len(base64.b64decode(body, validate=True))
+    except (binascii.Error, ValueError):
+        size = -1
+    if body == value or not low <= size <= high:
+        raise ValueError(
+            f"expected {WEBHOOK_SECRET_PREFIX} and the base64 of {low} to {high} bytes"
+        )
+    return value
+
+
+def check_webhook_url(value: str) -> str:
+    """An http(s) URL with a host (plain http:// is refused at delivery time unless
+    CALLAUTH_WEBHOOK_ALLOW_PRIVATE=1, and by the production checks)."""
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("https", "http") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError("expected an https:// URL")
+    return value
+
+
+def _parse_waits(value: object) -> tuple[float, ...]:
+    """Seconds, comma-separated, each > 0: `5,300,1800`."""
+    try:
+        waits = tuple(float(item) for item in _split(value))
+    except ValueError:
+        raise ValueError("expected seconds, comma-separated, e.g. 5,300,1800") from None
+    if not waits or any(not 0 < wait <= 7 * 86400 for wait in waits):
+        raise ValueError("expected one or more waits of 0 to 604800 seconds")
+    return waits
+
+
 class Settings(BaseSettings):
     """Configuration from CALLAUTH_* environment variables (and an optional .env file)."""
 
@@ -189,6 +234,40 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(5, ge=1, le=1000)
     breaker_reset_s: float = Field(30.0, gt=0, le=3600)
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_retry_s: Annotated[tuple[float, ...], NoDecode] = (
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        50400.0,
+        72000.0,
+        86400.0,
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_allow_private: bool = False
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            return check_webhook_url(value.strip()) if value.strip() else None
+        return value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret(cls, value: object) -> object:
+        if isinstance(value, str):
+            return check_webhook_secret(value.strip()) if value.strip() else None
+        return value
+
+    @field_validator("webhook_retry_s", mode="before")
+    @classmethod
+    def _webhook_retry(cls, value: object) -> tuple[float, ...]:
+        return _parse_waits(value)
 
     @field_validator(
         "ip_limit", "client_limit", "phone_guess_limit", "ipv6_48_limit", mode="before"
@@ -295,6 +374,10 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "CALLAUTH_PROVIDER=newtel needs CALLAUTH_API_KEYS or CALLAUTH_CLIENTS_FILE"
                 )
+        if (self.webhook_url is None) != (self.webhook_secret is None):
+            raise ValueError(
+                "set CALLAUTH_WEBHOOK_URL and CALLAUTH_WEBHOOK_SECRET together, or neither"
+            )
         return self
 
     @property
@@ -417,9 +500,11 @@ def startup_problem(settings: Settings) -> tuple[str, str] | None:
                 "CALLAUTH_API_KEYS",
                 f"the key of client {client!r} is shorter than {MIN_API_KEY_CHARS} characters",
             )
-    for field in ("newtel_base_url", "public_url"):
+    for field in ("newtel_base_url", "public_url", "webhook_url"):
         url = getattr(settings, field)
         if url is not None and (why := _url_problem(url)) is not None:
+            if field == "webhook_url" and settings.webhook_allow_private:
+                continue
             return variable(field), why
     if "inbound_call" in settings.channels and not settings.public_url:
         return (

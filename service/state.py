@@ -7,13 +7,17 @@ names, keep a pending verification near 300 bytes of Redis. The positions are na
 dataclasses below.
 
     phone state   [phone, [call times ms], {client: pending id's part},
-                   {id's part: verification}, [when each wrong guess is given back, ms]]
+                   {id's part: verification}, [when each wrong guess is given back, ms],
+                   and while one is pending: {id's part of a verification whose client has
+                   a webhook: how many events it has had}]
     verification  [client, status, code_length, checks_left, sends, expires_at ms,
                    [calls, oldest first], code hash]
     call          [channel's initial, placed_at ms, New-Tel's call id, New-Tel's word for it,
                    when New-Tel was asked (s)]  (the last two once it has been asked), and for
                   an inbound call, after those, [the number to call, the QR code's URI ('' if
                   none), when New-Tel stops waiting (ms)]
+    event         [type, when (ms), verification id, phone, the verification's fields
+                   without its code hash]  (in its shard's outbox, store.py)
 """
 
 from __future__ import annotations
@@ -27,26 +31,34 @@ import orjson
 from service.errors import NotFound
 from service.settings import Limit
 
-PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES = range(5)
+PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES, HOOKED = range(6)
 CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE = range(8)
 CALL_CHANNEL, CALL_PLACED_AT, CALL_ID, CALL_STATUS, CALL_CHECKED_AT = range(5)
 CALL_TO, CALL_QR, CALL_BEFORE = range(5, 8)
+EVENT_TYPE, EVENT_AT, EVENT_VERIFICATION, EVENT_PHONE, EVENT_FIELDS = range(5)
 
 # A call's channel by its initial.
 CHANNELS = {"f": "flash_call", "v": "voice_call", "i": "inbound_call"}
 _ID = re.compile(r"vf_([0-9a-f]{16})([0-9A-Za-z_-]{16})")
-_PHONE_KEY = re.compile(r"\{([0-9a-f]{16})\}")
+_PHONE_KEY = re.compile(r"\{([0-9a-f])\}([0-9a-f]{15})")
+# A phone's shard is its tag's first hex digit: the hash tag of its key and of its shard's
+# webhook outbox, so that one script changes a phone and records the event (store.py).
+SHARDS = tuple("0123456789abcdef")
+
+
+def shard_of(tag: str) -> str:
+    return tag[0]
 
 
 def phone_key(prefix: str, tag: str) -> str:
-    """The key of a phone's state: its tag is a hash tag, so one phone is one Cluster slot."""
-    return f"{prefix}{{{tag}}}"
+    """The key of a phone's state, in its shard's Cluster slot."""
+    return f"{prefix}{{{shard_of(tag)}}}{tag[1:]}"
 
 
 def tag_of(prefix: str, key: str) -> str | None:
     """The phone's tag if `key` is a phone's state, else None."""
     match = _PHONE_KEY.fullmatch(key.removeprefix(prefix))
-    return match[1] if match else None
+    return match[1] + match[2] if match else None
 
 
 def make_id(tag: str, part: str) -> str:
@@ -131,6 +143,7 @@ class PhoneState:
     pending: dict[str, str]  # client -> the id's own part of its pending verification
     verifications: dict[str, list[Any]]  # the id's own part -> its fields, as stored
     guesses_back_ms: list[int]  # when each wrong code of the guess budget is given back
+    hooked: dict[str, int]  # id's part -> events so far, for each pending one with a webhook
 
     @classmethod
     def decode(cls, tag: str, raw: str | bytes) -> PhoneState:
@@ -143,6 +156,7 @@ class PhoneState:
             pending=dict(state[PENDING] or {}),
             verifications=dict(state[VERIFICATIONS] or {}),
             guesses_back_ms=list(state[GUESSES] or []) if len(state) > GUESSES else [],
+            hooked=dict(state[HOOKED] or {}) if len(state) > HOOKED else {},
         )
 
     def verification(self, part: str) -> StoredVerification | None:
@@ -172,6 +186,36 @@ def read_verification(raw: str | bytes | None, verification_id_: str) -> StoredV
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A webhook event as the outbox keeps it: what happened, when, and the verification as it
+    was just after."""
+
+    id: str  # evt_<verification's tag and part>_<its nth event>: the same on every retry
+    type: str
+    at_ms: int
+    verification: StoredVerification
+    failed_attempts: int
+
+    @classmethod
+    def decode(cls, event_id: str, raw: str | bytes, failed_attempts: int) -> Event:
+        fields = orjson.loads(raw)
+        return cls(
+            id=event_id,
+            type=fields[EVENT_TYPE],
+            at_ms=fields[EVENT_AT],
+            verification=StoredVerification.decode(
+                fields[EVENT_VERIFICATION], fields[EVENT_PHONE], fields[EVENT_FIELDS]
+            ),
+            failed_attempts=failed_attempts,
+        )
+
+
+def kept_ms(cooldown_ms: int, phone: tuple[Limit, ...]) -> int:
+    """How long a phone's state keeps a call: its longest window, or the cooldown."""
+    return max(cooldown_ms, *(limit.window_s * 1000 for limit in phone))
+
+
 # What the rules hand the store, and what it answers --------------------------------------------
 
 IpBuckets = tuple[tuple[str, str, Limit], ...]  # (limit name, bucket, limit) per end-user IP
@@ -190,8 +234,7 @@ class CallLimits:
 
     @property
     def keep_ms(self) -> int:
-        """How long the phone's state keeps a call: its longest window, or the cooldown."""
-        return max(self.cooldown_ms, *(limit.window_s * 1000 for limit in self.phone))
+        return kept_ms(self.cooldown_ms, self.phone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +287,7 @@ class Commit:
     call_to: str = ""  # inbound only, as StoredCall
     qr_code_uri: str = ""
     call_before_ms: int = 0
+    hooked: bool = False  # the client has a webhook: the verification's events are recorded
 
 
 class Store(Protocol):

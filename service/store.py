@@ -1,15 +1,30 @@
 """Redis adapter: every state change is one Lua script with its TTL inside it.
 
-Key shapes (P = CALLAUTH_KEY_PREFIX, T = 16 hex of HMAC(secret, phone), the phone's hash
-tag, so that phone numbers never appear in key names):
+Key shapes (P = CALLAUTH_KEY_PREFIX, T = 16 hex of HMAC(secret, phone), so that phone numbers
+never appear in key names; S = T's first hex digit, the phone's shard):
 
-    P{T}                  string  everything of one phone, as JSON (lua/_prelude.lua): its
+    P{S}<T's other 15>    string  everything of one phone, as JSON (lua/_prelude.lua): its
                                   calls (sliding window, resend cooldown), each client's
                                   pending verification, the verifications themselves
                                   (id = "vf_" + T + <rand>). TTL: what of it matters longest
+    P{S}:events           hash    the shard's webhook outbox: event id -> event. No TTL: an
+                                  event stays until it is delivered, gone or dead
+    P{S}:due              zset    event id -> when it may be delivered (ms): now, a lease's
+                                  end while a process delivers it, or the next retry
+    P{S}:tries            hash    event id -> failed attempts, for the retried ones
+    P{S}:expiry           zset    T + id's part -> expires_at (ms) of each pending
+                                  verification with a webhook: the expiry sweep's schedule
     P{ip:<H>}:slots       hash    starts from one end-user IP (H = HMAC) per slot. TTL: window
     P{cl:<client>}:slots  hash    calls paid by one client per slot. TTL: window
     P{idem:<client>}:<H>  string  an Idempotency-Key's first answer. TTL: code TTL
+
+The webhook outbox is transactional: the script that changes a phone records the event in
+the same step, so no crash, restart or failover after the change loses it. A script touches
+one Cluster slot, so the phones are cut into 16 shards by the first digit of their tag, the
+hash tag of the phone's key and of its shard's outbox keys: one phone, its events and its
+expiry schedule share a slot. A Cluster spreads the 16 shards over up to 16 masters; a
+delivery worker (service/webhooks.py) reads all 16, with one script on one Redis or Sentinel
+and one per shard on a Cluster.
 
 One key per phone: a pending verification costs one key, not three, and every rule that
 joins a phone's calls and its verifications (cooldown, window, resend, the pending one) is
@@ -47,15 +62,18 @@ from service.settings import Limit, Settings
 from service.state import (
     CHANNELS,
     PENDING,
+    SHARDS,
     CallLimits,
     Checked,
     Commit,
+    Event,
     Reservation,
     StoredVerification,
     Window,
     make_id,
     phone_key,
     read_verification,
+    shard_of,
     split_id,
 )
 
@@ -78,9 +96,12 @@ class Store:
         *,
         prefix: str,
         secret: bytes,
+        keep_ms: int,
         metrics: Metrics | None = None,
     ) -> None:
+        """`keep_ms`: how long a phone's state keeps a call (state.kept_ms of the settings)."""
         self.redis = redis
+        self._keep_ms = keep_ms
         self.cluster = isinstance(redis, RedisCluster)
         self._metrics = metrics or Metrics()
         self.prefix = prefix
@@ -100,6 +121,10 @@ class Store:
                 "cancel",
                 "call_status",
                 "callback",
+                "expire",
+                "claim",
+                "done",
+                "retry",
             )
         }
 
@@ -129,10 +154,17 @@ class Store:
     def phone_key(self, tag: str) -> str:
         return phone_key(self.prefix, tag)
 
-    def _located(self, verification_id: str) -> tuple[str, str]:
-        """The key of the phone that a verification id names, and the id's own part."""
-        tag, part = split_id(verification_id)
-        return self.phone_key(tag), part
+    def _located(self, verification_id: str) -> list[str]:
+        """The keys of the phone that a verification id names and of its shard's outbox."""
+        return self._phone_keys(split_id(verification_id)[0])
+
+    def _phone_keys(self, tag: str) -> list[str]:
+        """A phone's key, and its shard's events, due and expiry: lua/_prelude.lua's KEYS[1..4]."""
+        shard = self._shard_key(shard_of(tag))
+        return [self.phone_key(tag), f"{shard}:events", f"{shard}:due", f"{shard}:expiry"]
+
+    def _shard_key(self, shard: str) -> str:
+        return f"{self.prefix}{{{shard}}}"
 
     def _slots_key(self, owner: str) -> str:
         """The slot counters of the IP's or the client's window (lua/_prelude.lua)."""
@@ -169,7 +201,7 @@ class Store:
     ) -> Reservation:
         """Take a call from every limit that applies, or take nothing and raise RateLimited."""
         # A malformed id is not found before anything is taken.
-        resent = self._located(verification_id)[1] if verification_id else ""
+        resent = split_id(verification_id)[1] if verification_id else ""
         windows = self._windows(client, limits)
         # On one Redis the phone's script takes every window too, all or nothing. A Cluster
         # keeps the IP's and the client's windows in other slots: the phone's script first,
@@ -190,7 +222,7 @@ class Store:
             tag=tag,
             at_ms=now_ms,
             keep_ms=limits.keep_ms,
-            id=self.new_id(tag) if is_new else verification_id or make_id(tag, value),
+            id=self.new_id(tag) if is_new else verification_id or make_id(tag, str(value)),
             is_new=is_new,
             with_phone=tuple(with_phone),
             alone=tuple(alone),
@@ -239,7 +271,7 @@ class Store:
             "windows": [[w.name, w.count, w.window_ms] for w in windows],
         }
         return self._scripts["reserve"](  # type: ignore[no-any-return]
-            keys=[self.phone_key(tag), *(w.key for w in windows)], args=[orjson.dumps(args)]
+            keys=[*self._phone_keys(tag), *(w.key for w in windows)], args=[orjson.dumps(args)]
         )
 
     async def release(self, reservation: Reservation) -> None:
@@ -259,11 +291,11 @@ class Store:
         if took_phone:
             calls.append(
                 self._scripts["release"](
-                    keys=[self.phone_key(r.tag), *(w.key for w in r.with_phone)],
+                    keys=[*self._phone_keys(r.tag), *(w.key for w in r.with_phone)],
                     args=[
                         r.at_ms,
                         r.keep_ms,
-                        "" if r.is_new else self._located(r.id)[1],
+                        "" if r.is_new else split_id(r.id)[1],
                         *(w.window_ms for w in r.with_phone),
                     ],
                 )
@@ -275,7 +307,7 @@ class Store:
         """Record a placed call; raises NotFound if the verification ended meanwhile."""
         r = reservation
         args = {
-            "id": self._located(r.id)[1],
+            "id": split_id(r.id)[1],
             "is_new": r.is_new,
             "now": r.at_ms,
             "keep": r.keep_ms,
@@ -287,6 +319,7 @@ class Store:
             "call_id": call.call_id,
             "ttl": call.ttl_ms,
             "max_checks": call.max_checks,
+            "hooked": call.hooked,
         }
         if call.call_to:
             args |= {
@@ -296,7 +329,7 @@ class Store:
             }
         with self._op("commit"):
             raw = await self._scripts["commit"](
-                keys=[self.phone_key(r.tag)], args=[orjson.dumps(args)]
+                keys=self._phone_keys(r.tag), args=[orjson.dumps(args)]
             )
         if not raw:
             raise NotFound("the verification ended while the call was placed")
@@ -330,10 +363,18 @@ class Store:
     ) -> Checked:
         """Atomically compare, count (against the verification and the phone's guess budget)
         and approve."""
-        key, part = self._located(verification_id)
-        args = [part, client, code_hash, now_ms, guesses.count, guesses.window_s * 1000]
+        part = split_id(verification_id)[1]
+        args = [
+            part,
+            client,
+            code_hash,
+            now_ms,
+            guesses.count,
+            guesses.window_s * 1000,
+            self._keep_ms,
+        ]
         with self._op("check"):
-            reply = await self._scripts["check"](keys=[key], args=args)
+            reply = await self._scripts["check"](keys=self._located(verification_id), args=args)
         outcome, *after = reply  # check.lua: {outcome, status, checks_left, channel's initial}
         if outcome == "not_found":
             raise NotFound("no such verification")
@@ -341,9 +382,11 @@ class Store:
         return Checked(outcome, verification_id, status, checks_left, CHANNELS[channel])
 
     async def cancel(self, verification_id: str, client: str, now_ms: int) -> StoredVerification:
-        key, part = self._located(verification_id)
+        part = split_id(verification_id)[1]
         with self._op("cancel"):
-            raw = await self._scripts["cancel"](keys=[key], args=[part, client, now_ms])
+            raw = await self._scripts["cancel"](
+                keys=self._located(verification_id), args=[part, client, now_ms, self._keep_ms]
+            )
         if not raw:
             raise NotFound("no such verification")
         return _public(verification_id, raw)
@@ -354,10 +397,11 @@ class Store:
         """Approve on New-Tel's callback for the inbound call placed at `placed_at_ms`:
         ('approved', 'duplicate' or 'rejected', the verification's client); lua/callback.lua
         says when."""
-        key, part = self._located(verification_id)
+        part = split_id(verification_id)[1]
         with self._op("callback"):
             outcome, client = await self._scripts["callback"](
-                keys=[key], args=[part, placed_at_ms, call_id, phone, now_ms]
+                keys=self._located(verification_id),
+                args=[part, placed_at_ms, call_id, phone, now_ms, self._keep_ms],
             )
         return str(outcome), str(client)
 
@@ -365,10 +409,10 @@ class Store:
         self, verification_id: str, index: int, status: str, now_ms: int
     ) -> None:
         """Keep New-Tel's word for call `index` (0-based, oldest first) and when it was asked."""
-        key, part = self._located(verification_id)
+        tag, part = split_id(verification_id)
         with self._op("call_status"):
             await self._scripts["call_status"](
-                keys=[key], args=[part, index + 1, status, now_ms // 1000]
+                keys=[self.phone_key(tag)], args=[part, index + 1, status, now_ms // 1000]
             )
 
     # Idempotency --------------------------------------------------------------------------
@@ -389,6 +433,76 @@ class Store:
     async def idempotency_drop(self, client: str, key: str) -> None:
         with self._op("idempotency"):
             await self.redis.delete(self._idem_key(client, key))
+
+    # The webhook outbox (service/webhooks.py delivers) ------------------------------------
+
+    def _worker_keys(self, shard: str, *names: str) -> list[str]:
+        key = self._shard_key(shard)
+        return [f"{key}:{name}" for name in names]
+
+    async def claim(self, now_ms: int, lease_ms: int, count: int, first: int = 0) -> list[Event]:
+        """Up to `count` due events, each leased for `lease_ms` (lua/claim.lua); the shards
+        from the `first`th on, so that no shard always comes last."""
+        shards = SHARDS[first % len(SHARDS) :] + SHARDS[: first % len(SHARDS)]
+        groups = [
+            [k for shard in group for k in self._worker_keys(shard, "due", "events", "tries")]
+            for group in ([[s] for s in shards] if self.cluster else [shards])
+        ]
+        with self._op("claim"):
+            replies = await asyncio.gather(
+                *(
+                    self._scripts["claim"](keys=keys, args=[now_ms, lease_ms, count])
+                    for keys in groups
+                )
+            )
+        flat = [item for reply in replies for item in reply]
+        return [
+            Event.decode(str(flat[i]), flat[i + 2], int(flat[i + 1]))
+            for i in range(0, len(flat), 3)
+        ][:count]
+
+    async def done(self, event_id: str, now_ms: int) -> None:
+        """An event delivered, gone or dead: out of the outbox; the verification's next may go."""
+        keys = self._worker_keys(shard_of(event_id.removeprefix("evt_")), "due", "events", "tries")
+        with self._op("done"):
+            await self._scripts["done"](keys=keys, args=[event_id, now_ms])
+
+    async def retry(self, event_id: str, due_ms: int, failed_attempts: int | None) -> None:
+        """Deliver again at `due_ms`, after `failed_attempts` (None: put off, no attempt made)."""
+        keys = self._worker_keys(shard_of(event_id.removeprefix("evt_")), "due", "tries")
+        attempts = "" if failed_attempts is None else failed_attempts
+        with self._op("retry"):
+            await self._scripts["retry"](keys=keys, args=[event_id, due_ms, attempts])
+
+    async def outbox_size(self) -> int:
+        """Events not yet delivered, gone or dead, all shards together."""
+        with self._op("outbox"):
+            sizes = await asyncio.gather(
+                *(self.redis.zcard(self._worker_keys(s, "due")[0]) for s in SHARDS)
+            )
+        return sum(int(size) for size in sizes)
+
+    async def sweep_expired(self, now_ms: int, count: int) -> tuple[int, int]:
+        """Report pending verifications with a webhook expired by `now_ms`, at most `count`
+        per shard (lua/expire.lua): how many were swept, and how many had lost their key."""
+        swept = lost = 0
+        with self._op("sweep"):
+            due = await asyncio.gather(
+                *(
+                    self.redis.zrangebyscore(
+                        self._worker_keys(s, "expiry")[0], "-inf", now_ms, start=0, num=count
+                    )
+                    for s in SHARDS
+                )
+            )
+            for member in (str(m) for members in due for m in members):
+                tag, part = member[:16], member[16:]
+                result = await self._scripts["expire"](
+                    keys=self._phone_keys(tag), args=[part, now_ms, self._keep_ms]
+                )
+                swept += int(result) == 1
+                lost += int(result) == -1
+        return swept, lost
 
     # Lifecycle ----------------------------------------------------------------------------
 

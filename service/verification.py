@@ -153,9 +153,15 @@ class Verifier:
         public = settings.public_url or f"http://{settings.host}:{settings.port}"
         self._public_url = public.rstrip("/")
         self.inbound = InboundCalls(self)
+        # Told after a change that may have written webhook events (the Deliverer's wake).
+        self.events_written: Callable[[], None] = _nothing
 
     def _profile(self, client: ClientRef) -> Profile:
         return client if isinstance(client, Profile) else self._profiles(client)
+
+    def _written(self, client: ClientRef) -> None:
+        if self._profile(client).webhook_url:
+            self.events_written()
 
     def _count(self, counter: Any, *labels: str) -> None:
         self.metrics.child(counter, *labels).inc()
@@ -429,8 +435,11 @@ class Verifier:
             call_to=placed.call_to if inbound else "",
             qr_code_uri=(placed.qr_code_uri or "") if inbound else "",
             call_before_ms=reservation.at_ms + self.settings.inbound_timeout_s * 1000,
+            hooked=bool(p.webhook_url and p.webhook_secrets),
         )
         stored = await self.store.commit(reservation, call)
+        if call.hooked:
+            self.events_written()
         if self.sandbox is not None:
             self.sandbox.attach(placed.call_id, reservation.id, p.id)
         log.info(
@@ -460,6 +469,8 @@ class Verifier:
             self._count(self.metrics.checks, client, "unknown", "not_found")
             raise
         outcome = checked.outcome
+        if outcome in ("approved", "wrong", "max_checks"):
+            self._written(client)
         self._count(self.metrics.checks, client, checked.channel, outcome)
         log.info("code checked", verification_id=verification_id, outcome=outcome)
         if outcome == "max_checks":
@@ -481,6 +492,7 @@ class Verifier:
     async def cancel(self, client: ClientRef, verification_id: str) -> Verification:
         p = self._profile(client)
         v = await self.store.cancel(verification_id, p.id, self._now_ms())
+        self._written(p)
         log.info("verification canceled", verification_id=verification_id)
         return self.view(v, p)
 
@@ -559,6 +571,7 @@ class InboundCalls:
         )
         if outcome == "approved":
             v._count(v.metrics.approvals, client, "inbound_call")
+            v._written(client)
         return outcome
 
     async def play_in_sandbox(self, client: ClientRef, raw_phone: str) -> Verification:
@@ -576,6 +589,10 @@ class InboundCalls:
         if await self.callback(token, last.call_id, phone) != "approved":
             raise NotFound("no pending inbound-call verification for this phone")
         return v.view(await v.store.get(verification_id, p.id, v._now_ms()), p)
+
+
+def _nothing() -> None:
+    pass
 
 
 # NAT64 (RFC 6052): an IPv4 host seen through a carrier's translator, one subscriber each.

@@ -211,12 +211,15 @@ AppFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 async def make_app(
-    aiohttp_client: Any, backend: Backend, clock: Clock, fake_newtel: FakeNewTel
+    backend: Backend, aiohttp_client: Any, clock: Clock, fake_newtel: FakeNewTel
 ) -> AppFactory:
     """Start the service on `backend`; `newtel=True` points it at the fake New-Tel (with the
-    clients AUTH and OTHER, unless `clients_file` names others)."""
+    clients AUTH and OTHER, unless `clients_file` names others). `backend` comes first: its
+    store closes after the service (whose webhook deliverer runs until then)."""
 
-    async def make(*, newtel: bool = False, **overrides: Any) -> TestClient[Any, Any]:
+    async def make(
+        *, newtel: bool = False, webhook_resolver: Any = None, **overrides: Any
+    ) -> TestClient[Any, Any]:
         if newtel:
             overrides = {
                 "provider": "newtel",
@@ -232,7 +235,9 @@ async def make_app(
         port = unused_port()
         overrides = {"public_url": f"http://127.0.0.1:{port}", **overrides}
         settings = make_settings(backend.prefix, **overrides)
-        app = create_app(settings, clock=clock, redis=backend.redis)
+        app = create_app(
+            settings, clock=clock, redis=backend.redis, webhook_resolver=webhook_resolver
+        )
         return await aiohttp_client(TestServer(app, port=port))  # type: ignore[no-any-return]
 
     return make

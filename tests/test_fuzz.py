@@ -52,6 +52,7 @@ from service.errors import InvalidPhone, MaxChecksReached, NotFound, RateLimited
 from service.openapi import document
 from service.phones import normalize
 from service.providers.sandbox import SandboxProvider
+from service.state import kept_ms
 from service.store import Store
 from service.verification import Verifier
 
@@ -372,7 +373,12 @@ class VerificationMachine(RuleBasedStateMachine):
             phone_limit=f"{WINDOW_COUNT}/{WINDOW_S}",
         )
         self.redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-        self.store = Store(self.redis, prefix=s.key_prefix, secret=SECRET.encode())
+        self.store = Store(
+            self.redis,
+            prefix=s.key_prefix,
+            secret=SECRET.encode(),
+            keep_ms=kept_ms(s.resend_cooldown_s * 1000, s.phone_limit),
+        )
         self.sandbox = SandboxProvider()
         self.verifier = Verifier(
             s,

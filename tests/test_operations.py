@@ -525,7 +525,9 @@ async def test_a_store_outage_logs_one_warning_and_one_recovery_and_counts_each_
 ) -> None:
     metrics = Metrics()
     redis = FailingGets()
-    store = Store(redis, prefix="callauth-test:", secret=b"s" * 32, metrics=metrics)
+    store = Store(
+        redis, prefix="callauth-test:", secret=b"s" * 32, keep_ms=3_600_000, metrics=metrics
+    )
     await store.raw_state("t")
     redis.error = redis_exceptions.ConnectionError("Connection refused")
     for _ in range(5):
@@ -569,7 +571,9 @@ async def test_a_store_outage_logs_one_warning_and_one_recovery_and_counts_each_
 async def test_each_store_failure_is_a_503_counted_under_its_reason(error, reason) -> None:
     metrics = Metrics()
     redis = FailingGets()
-    store = Store(redis, prefix="callauth-test:", secret=b"s" * 32, metrics=metrics)
+    store = Store(
+        redis, prefix="callauth-test:", secret=b"s" * 32, keep_ms=3_600_000, metrics=metrics
+    )
     redis.error = error
     with pytest.raises(StoreUnavailable):
         await store.raw_state("t")

@@ -42,7 +42,7 @@ def test_the_lua_scripts_and_python_name_the_same_positions() -> None:
         if name.isupper() and isinstance(value, int) and not name.startswith("_")
     }
     assert named_in_python == lua.keys()
-    assert len(lua) == 21
+    assert len(lua) == 27
 
 
 def test_a_stored_state_decodes_into_named_fields() -> None:

@@ -6,29 +6,85 @@
 -- same positions (0-based there); a test compares the two lists below with it.
 --   phone state   [phone, [call times, ms], {client: its pending verification},
 --                  {verification: its fields}, [when each wrong code of the phone's guess
---                  budget is given back, ms]]
+--                  budget is given back, ms], and while any is pending: {verification whose
+--                  client has a webhook: how many events it has had}]
 --   verification  [client, status, code_length, checks_left, sends, expires_at ms,
 --                  [calls, oldest first], code hash]
 --   call          [channel's initial, placed_at ms, New-Tel's call id] and, once New-Tel has
 --                 been asked, its word for the call ('' while unknown) and when (s); an
 --                 inbound call ('i') also keeps, after those, the number to call, the QR
 --                 code's URI ('' if none) and when New-Tel stops waiting (ms)
+--   event         [type, when (ms), verification id, phone, the verification's fields
+--                  without its code hash]
 -- The channel and the resend cooldown's end follow from the last call.
-local PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES = 1, 2, 3, 4, 5
+local PHONE, CALL_TIMES, PENDING, VERIFICATIONS, GUESSES, HOOKED = 1, 2, 3, 4, 5, 6
 local CLIENT, STATUS, CODE_LENGTH, CHECKS_LEFT, SENDS, EXPIRES, CALLS, CODE =
   1, 2, 3, 4, 5, 6, 7, 8
 local CALL_CHANNEL, CALL_PLACED_AT, CALL_ID, CALL_STATUS, CALL_CHECKED_AT = 1, 2, 3, 4, 5
 local CALL_TO, CALL_QR, CALL_BEFORE = 6, 7, 8
+local EVENT_TYPE, EVENT_AT, EVENT_VERIFICATION, EVENT_PHONE, EVENT_FIELDS = 1, 2, 3, 4, 5
+
+-- The webhook outbox (service/store.py's key table). Every script that changes a phone takes
+-- its shard's outbox as KEYS[2] (events: hash, event id -> event), KEYS[3] (due: zset, event
+-- id -> when it may be delivered, ms) and KEYS[4] (expiry: zset, tag .. id's part -> when a
+-- pending verification expires): one slot with the phone, so an event is written in the same
+-- script as the change it reports, on a Cluster too.
+-- A pending verification with events keeps its phone's key this long past its expiry, for
+-- the sweep (service/webhooks.py) to report it expired even after every process was down.
+local expired_kept_ms = 86400000
+-- The phone's tag: its key is <prefix>{<tag's first hex digit>}<the other 15>.
+local TAG = table.concat({string.match(KEYS[1], '{(%x)}(%x+)$')})
 
 local function load_state(key)
   local raw = redis.call('GET', key)
   if not raw then
-    return {'', {}, {}, {}, {}}
+    return {'', {}, {}, {}, {}, {}}
   end
   local state = cjson.decode(raw)
-  -- A state written before the guess budget existed has no fifth element.
+  -- A state written before the guess budget existed has no fifth element; the sixth is left
+  -- out while no verification of the phone has events.
   state[GUESSES] = state[GUESSES] or {}
+  state[HOOKED] = state[HOOKED] or {}
   return state
+end
+
+local function encode(state)
+  if next(state[HOOKED]) == nil then
+    state[HOOKED] = nil
+  end
+  local raw = cjson.encode(state)
+  state[HOOKED] = state[HOOKED] or {}
+  return raw
+end
+
+-- Record an event of verification `id` (the id's own part) in the outbox, due at once. Its id
+-- names the verification and counts its events, so it is the same on every retry, and the
+-- delivery can keep a verification's events in order (lua/claim.lua).
+local function emit(state, id, kind, at, status)
+  local n = state[HOOKED][id] + 1
+  state[HOOKED][id] = n
+  local v = state[VERIFICATIONS][id]
+  local fields = {}
+  for i = 1, CALLS do
+    fields[i] = v[i]
+  end
+  fields[STATUS] = status or v[STATUS]
+  local event_id = 'evt_' .. TAG .. id .. '_' .. n
+  local event = {}
+  event[EVENT_TYPE], event[EVENT_AT], event[EVENT_VERIFICATION] = kind, at, 'vf_' .. TAG .. id
+  event[EVENT_PHONE], event[EVENT_FIELDS] = state[PHONE], fields
+  redis.call('HSET', KEYS[2], event_id, cjson.encode(event))
+  redis.call('ZADD', KEYS[3], at, event_id)
+end
+
+-- A verification with events ended (approved, max_checks_reached, canceled, expired): its last
+-- event, and no expiry to sweep.
+local function settle(state, id, kind, at, status)
+  if state[HOOKED][id] then
+    emit(state, id, kind, at, status)
+    state[HOOKED][id] = nil
+    redis.call('ZREM', KEYS[4], TAG .. id)
+  end
 end
 
 -- The wrong codes that still count against the phone's guess budget at `now`, soonest
@@ -46,7 +102,7 @@ end
 
 -- A change that leaves every expiry as it was.
 local function write_state(key, state)
-  redis.call('SET', key, cjson.encode(state), 'KEEPTTL')
+  redis.call('SET', key, encode(state), 'KEEPTTL')
 end
 
 -- Write back without what no longer matters at `now` (calls older than `keep` ms, expired
@@ -70,7 +126,12 @@ local function save_state(key, state, now, keep)
   local verifications = state[VERIFICATIONS]
   for id, v in pairs(verifications) do
     if v[EXPIRES] <= now then
+      if v[STATUS] == 'pending' then
+        settle(state, id, 'verification.expired', v[EXPIRES], 'expired')
+      end
       verifications[id] = nil
+    elseif state[HOOKED][id] then
+      last = math.max(last, v[EXPIRES] + expired_kept_ms)
     else
       last = math.max(last, v[EXPIRES])
     end
@@ -83,7 +144,7 @@ local function save_state(key, state, now, keep)
   if last <= now then
     redis.call('DEL', key)
   else
-    redis.call('SET', key, cjson.encode(state), 'PX', last - now)
+    redis.call('SET', key, encode(state), 'PX', last - now)
   end
 end
 

@@ -1,7 +1,8 @@
 -- New-Tel's callback for an inbound call: the user called. Approve when the call it names is
 -- the verification's latest, inbound, with New-Tel's call id, from the verification's phone.
--- KEYS[1] the phone's state. ARGV: id's own part, the call's placed_at ms (from the token),
--- New-Tel's callId, the caller's number ('' when New-Tel sent none), now_ms
+-- KEYS[1] the phone's state, KEYS[2..4] its shard's outbox (_prelude.lua). ARGV: id's own
+-- part, the call's placed_at ms (from the token), New-Tel's callId, the caller's number (''
+-- when New-Tel sent none), now_ms, keep_ms (as reserve.lua)
 -- Returns {outcome, the verification's client}: outcome is 'approved', 'duplicate' (this call
 -- approved it already) or 'rejected' (client '').
 local state = load_state(KEYS[1])
@@ -25,5 +26,6 @@ if v[STATUS] ~= 'pending' then
   return {'rejected', ''}
 end
 v[STATUS] = 'approved'
-write_state(KEYS[1], state)
+settle(state, ARGV[1], 'verification.approved', tonumber(ARGV[5]))
+save_state(KEYS[1], state, tonumber(ARGV[5]), tonumber(ARGV[6]))
 return {'approved', v[CLIENT]}

@@ -1,6 +1,7 @@
 -- Check a code: compare keyed hashes in constant time, count a wrong try against the
 -- verification and the phone's guess budget, approve once.
--- KEYS[1] the phone's state. ARGV: id, client, code_hmac, now_ms, guess_limit, guess_window_ms
+-- KEYS[1] the phone's state, KEYS[2..4] its shard's outbox (_prelude.lua).
+-- ARGV: id, client, code_hmac, now_ms, guess_limit, guess_window_ms, keep_ms (as reserve.lua)
 -- Returns {outcome, status, checks_left, channel's initial}: outcome is 'approved', 'wrong', 'spent'
 -- (a check of a verification that is no longer pending), 'max_checks', 'no_code' (the latest
 -- call is inbound: nothing to type) or 'not_found'.
@@ -28,16 +29,21 @@ end
 -- pending verification of the phone ends: no code of theirs may be guessed any more.
 local guess_limit = tonumber(ARGV[5])
 local guesses = live_guesses(state, now)
+local keep = tonumber(ARGV[7])
+local function used_up(id, other)
+  other[STATUS], other[CHECKS_LEFT], other[CODE] = 'max_checks_reached', 0, ''
+  settle(state, id, 'verification.max_checks_reached', now)
+end
 local function end_pending()
-  for _, other in pairs(state[VERIFICATIONS]) do
+  for id, other in pairs(state[VERIFICATIONS]) do
     if other[STATUS] == 'pending' then
-      other[STATUS], other[CHECKS_LEFT], other[CODE] = 'max_checks_reached', 0, ''
+      used_up(id, other)
     end
   end
 end
 if #guesses >= guess_limit then
   end_pending()
-  write_state(KEYS[1], state)
+  save_state(KEYS[1], state, now, keep)
   return answer('max_checks')
 end
 
@@ -54,11 +60,12 @@ end
 if diff == 0 then
   -- Single use: the hash goes with the approval.
   v[STATUS], v[CODE] = 'approved', ''
-  write_state(KEYS[1], state)
+  settle(state, ARGV[1], 'verification.approved', now)
+  save_state(KEYS[1], state, now, keep)
   return answer('approved')
 end
 if v[CHECKS_LEFT] <= 1 then
-  v[STATUS], v[CHECKS_LEFT], v[CODE] = 'max_checks_reached', 0, ''
+  used_up(ARGV[1], v)
 else
   v[CHECKS_LEFT] = v[CHECKS_LEFT] - 1
 end
@@ -68,9 +75,6 @@ state[GUESSES] = guesses
 if #guesses >= guess_limit then
   end_pending()
 end
-write_state(KEYS[1], state)
--- The key lives at least as long as the guess counts (TTLs relative to the caller's clock).
-if redis.call('PTTL', KEYS[1]) < back - now then
-  redis.call('PEXPIRE', KEYS[1], back - now)
-end
+-- The key lives at least as long as the guess counts (save_state).
+save_state(KEYS[1], state, now, keep)
 return answer('wrong')

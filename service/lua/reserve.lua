@@ -1,15 +1,15 @@
 -- Reserve one call to a phone: the resend cooldown, the phone's sliding windows (its calls,
 -- newest last) and its guess budget, and for a resend one of the verification's sends.
--- KEYS[1] the phone's state
--- KEYS[2..] the end-user IP's and the client's windows, where they may share a script (one
+-- KEYS[1] the phone's state, KEYS[2..4] its shard's outbox (_prelude.lua)
+-- KEYS[5..] the end-user IP's and the client's windows, where they may share a script (one
 -- Redis or Sentinel; a Cluster keeps them in other slots and takes them with window.lua)
 -- ARGV[1]: JSON {now, cooldown (ms), phone_windows: [[limit, window_ms], ...], guess_limit,
 --       max_sends, client, resent: the id's own part of the verification to resend ('': the
 --       client's pending one, if any), windows: [[name, limit, window_ms] for each of
---       KEYS[2..]]} (one argument: redis-py packs each one in Python)
+--       KEYS[5..]]} (one argument: redis-py packs each one in Python)
 -- Returns {'ok', id of the verification resent or ''}
 -- | {'rate_limited', retry_ms, 'cooldown', 'phone', 'phone_guesses' or the name of a
---    KEYS[2..] window}
+--    KEYS[5..] window}
 -- | {'max_sends', retry_ms} | {'not_found', 0}
 local a = cjson.decode(ARGV[1])
 local now, cooldown, phone_windows, max_sends, client, resent, windows, guess_limit =
@@ -63,8 +63,8 @@ if #guesses >= guess_limit then
     wait, reason = reopens, 'phone_guesses'
   end
 end
-for i = 2, #KEYS do
-  local name, other_limit, other_window = unpack(windows[i - 1])
+for i = 5, #KEYS do
+  local name, other_limit, other_window = unpack(windows[i - 4])
   local reopens = window_wait(KEYS[i], now, other_limit, other_window)
   if reopens > wait then
     wait, reason = reopens, name
@@ -76,8 +76,8 @@ end
 
 -- Nothing is taken unless every limit admits the call.
 table.insert(state[CALL_TIMES], now)
-for i = 2, #KEYS do
-  window_take(KEYS[i], now, windows[i - 1][3])
+for i = 5, #KEYS do
+  window_take(KEYS[i], now, windows[i - 4][3])
 end
 if v then
   v[SENDS] = v[SENDS] + 1
