@@ -477,6 +477,7 @@ def test_a_name_is_spoken_as_text_even_when_it_holds_a_placeholder() -> None:
         ({"webhook_url": "ftp://shop.example"}, "webhook_url", "https://"),
         ({"webhook_secrets": ["whsec_c2hvcnQ="]}, "webhook_secrets", "24 to 64 bytes"),
         ({"webhook_secrets": [WEBHOOK_SECRET[6:]]}, "webhook_secrets", "whsec_"),
+        ({"webhook_url": "https://bank.example/hooks"}, "webhook_secrets", "needed with"),
         ({"colour": "blue"}, "colour", "not a field of a client"),
         ({"keys": []}, "keys", "at least 1 item"),
         ({"keys": ["sha256:" + hash_key(SHOP_KEY)[7:].upper()]}, "keys", "64 lowercase hex"),

@@ -68,6 +68,11 @@ def test_the_phone_limit_takes_several_windows_shortest_first() -> None:
         ("denied_prefixes", "78o9", "digit prefixes"),
         ("phone_guess_limit", "0/86400", "positive"),
         ("ipv6_48_limit", "100", "count/seconds"),
+        ("webhook_retry_s", "5,-1", "0 to 604800"),
+        ("webhook_retry_s", "5,soon", "comma-separated"),
+        ("webhook_secret", "c2VjcmV0LXdpdGhvdXQtcHJlZml4LTMyYnl0ZXMhIQ==", "whsec_"),
+        ("webhook_secret", "whsec_c2hvcnQ=", "24 to 64 bytes"),
+        ("webhook_url", "ftp://hooks.example", "https://"),
     ],
 )
 def test_v2_limits_and_number_rules_are_validated(name: str, value: str, says: str | None) -> None:
@@ -173,3 +178,30 @@ def test_python_m_service_exits_2_on_a_bad_value() -> None:
         "Input should be a valid integer, unable to parse string as an integer"
     ]
     assert proc.stdout == ""
+
+
+def test_webhook_settings_parse_and_come_in_a_pair() -> None:
+    secret = "whsec_" + "A" * 43 + "="  # the base64 of 32 bytes
+    settings = make_settings(
+        webhook_url="https://hooks.shop.example/callauth",
+        webhook_secret=secret,
+        webhook_retry_s="1, 2.5,60",
+    )
+    assert settings.webhook_retry_s == (1.0, 2.5, 60.0)
+    assert settings.webhook_timeout_s == 10.0
+    assert secret not in repr(settings)
+    assert make_settings().webhook_retry_s == (
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        50400.0,
+        72000.0,
+        86400.0,
+    )
+    with pytest.raises(ValidationError, match="together"):
+        make_settings(webhook_url="https://hooks.shop.example/callauth")
+    with pytest.raises(ValidationError, match="together"):
+        make_settings(webhook_secret=secret)

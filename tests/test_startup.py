@@ -198,6 +198,17 @@ def test_https_and_http_to_a_loopback_host_are_accepted(field: str, url: str) ->
     assert startup_problem(production(**{field: url})) is None
 
 
+WEBHOOK_SECRET = "whsec_" + "A" * 43 + "="
+
+
+@pytest.mark.parametrize("url", ["http://hooks.shop.example/x", "http://10.0.0.7/x"])
+def test_a_plain_http_webhook_url_is_refused_unless_private_targets_are_allowed(url: str) -> None:
+    hooks = {"webhook_url": url, "webhook_secret": WEBHOOK_SECRET}
+    assert refused_setting(production(**hooks)) == "CALLAUTH_WEBHOOK_URL"
+    assert startup_problem(production(**hooks, webhook_allow_private=True)) is None
+    assert startup_problem(production(**{**hooks, "webhook_url": "https://hooks.example"})) is None
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.0.0.7", "callauth.internal"])
 def test_the_dev_key_on_a_non_loopback_address_is_refused_in_any_mode(host: str) -> None:
     assert refused_setting(make_settings(host=host)) == "CALLAUTH_API_KEYS"
