@@ -14,6 +14,9 @@ Phases (--phases picks some):
                inbound-call callbacks, all accepted: the first of each approves, repeats are
                duplicates; 20k inbound verifications made by Verifier.start) vs /one
   two          two service processes on one Redis vs one
+  webhooks     one process delivering --webhook-n events from the outbox to a local sink
+               (events/s), the lag at half that rate, check and start with webhooks on
+               (bench/webhooks.py)
   profile      (--profile) py-spy on the service (check) and on the baseline (/one)
   small_again  back to the 1k pool alone (the rest deleted), check latency once more: the
                200k figure is compared with the 1k runs before and after it
@@ -40,12 +43,12 @@ from typing import Any
 
 import redis
 
-from bench import profile, redisstats, runner, seed
+from bench import profile, redisstats, runner, seed, webhooks
 
 RESULTS = Path(__file__).with_name("results")
 SECRET = "callauth-bench-secret-0123456789"
 PROD_PREFIX = "callauth:"
-PHASES = ("small", "big", "memory", "main", "two", "small_again")
+PHASES = ("small", "big", "memory", "main", "two", "webhooks", "small_again")
 WORKLOADS = ("check", "status", "start", "callback")
 # The baseline route each workload is compared with: as many Redis round trips.
 BASELINE_ROUTES = {"check": "/one", "status": "/one", "start": "/two", "callback": "/one"}
@@ -623,6 +626,8 @@ class Bench:
                 self.phase_main()
             if "two" in phases:
                 self.phase_two()
+            if "webhooks" in phases:
+                webhooks.phase(self, SECRET)
             if "profile" in phases:
                 self.phase_profile(stamp)
             self.memory_delete_check()
@@ -747,6 +752,7 @@ def table(res: dict[str, Any]) -> str:
             )
         lines.append(f"  top self time ({mode}, service):")
         lines += [f"    {e['pct']:5.1f}%  {e['name']}" for e in prof["self"][:12]]
+    lines += webhooks.table(res)
     lines.append("\ntargets:")
     for name, v in res["verdict"].items():
         lines.append(
@@ -775,6 +781,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=20_000,
         help="inbound-call verifications the callback workload's callbacks name",
+    )
+    p.add_argument(
+        "--webhook-n", type=int, default=20_000, help="events in the outbox for phase webhooks"
     )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument(
@@ -817,6 +826,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
         args.memory_n, args.big_n = min(args.memory_n, 5_000), min(args.big_n, 20_000)
         args.callback_n = min(args.callback_n, 5_000)
+        args.webhook_n = min(args.webhook_n, 5_000)
     return args
 
 

@@ -12,9 +12,10 @@ import redis
 
 from service.state import PhoneState, phone_key, read_verification, split_id, tag_of
 
-# Key shapes from service/store.py (P = prefix, T = the phone's 16-hex tag).
+# Key shapes from service/store.py (P = prefix, the phone's key P{<shard>}<15 hex>).
 _KINDS = (
-    ("phone", re.compile(r"^\{[0-9a-f]{16}\}$")),
+    ("phone", re.compile(r"^\{[0-9a-f]\}[0-9a-f]{15}$")),
+    ("webhook_outbox", re.compile(r"^\{[0-9a-f]\}:")),
     ("ip_window", re.compile(r"^\{ip:")),
     ("client_window", re.compile(r"^\{cl:")),
     ("idempotency", re.compile(r"^\{idem:")),

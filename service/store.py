@@ -461,11 +461,24 @@ class Store:
             for i in range(0, len(flat), 3)
         ][:count]
 
-    async def done(self, event_id: str, now_ms: int) -> None:
-        """An event delivered, gone or dead: out of the outbox; the verification's next may go."""
-        keys = self._worker_keys(shard_of(event_id.removeprefix("evt_")), "due", "events", "tries")
+    async def done(self, event_ids: list[str], now_ms: int) -> None:
+        """Events delivered, gone or dead: out of the outbox, and each verification's next
+        one due now (lua/done.lua; one script on one Redis, one per shard on a Cluster)."""
+        if not event_ids:
+            return
+        by_shard: dict[str, list[str]] = {}
+        for event_id in event_ids:
+            by_shard.setdefault(shard_of(event_id.removeprefix("evt_")), []).append(event_id)
+        groups = [[s] for s in by_shard] if self.cluster else [list(by_shard)]
+        calls = []
+        for shards in groups:
+            keys = [k for s in shards for k in self._worker_keys(s, "due", "events", "tries")]
+            args: list[Any] = [now_ms]
+            for s in shards:
+                args += [len(by_shard[s]), *by_shard[s]]
+            calls.append(self._scripts["done"](keys=keys, args=args))
         with self._op("done"):
-            await self._scripts["done"](keys=keys, args=[event_id, now_ms])
+            await asyncio.gather(*calls)
 
     async def retry(self, event_id: str, due_ms: int, failed_attempts: int | None) -> None:
         """Deliver again at `due_ms`, after `failed_attempts` (None: put off, no attempt made)."""

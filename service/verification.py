@@ -469,7 +469,7 @@ class Verifier:
             self._count(self.metrics.checks, client, "unknown", "not_found")
             raise
         outcome = checked.outcome
-        if outcome in ("approved", "wrong", "max_checks"):
+        if checked.status != "pending":  # approved, or the last wrong code: an event
             self._written(client)
         self._count(self.metrics.checks, client, checked.channel, outcome)
         log.info("code checked", verification_id=verification_id, outcome=outcome)

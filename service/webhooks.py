@@ -61,6 +61,9 @@ PER_ENDPOINT = 8  # deliveries at a time to one endpoint (scheme, host, port)
 IN_FLIGHT = 64  # events a process holds at a time, all endpoints together
 QUEUED_PER_ENDPOINT = 32  # events a process holds for one endpoint, running or waiting
 POLL_S = 0.2  # how often an idle process looks for due events
+# Woken by a change, a process waits this long before it claims: the events of a busy moment
+# are claimed by one script call, not one each.
+BATCH_S = 0.005
 SWEEP_S = 1.0  # how often the expiry sweep runs
 PUT_OFF_MS = 1000  # an event whose endpoint is busy waits this long, no attempt counted
 _CLOCK_MARGIN_MS = 1000  # the sweep waits this long past an expiry, for the other clocks
@@ -175,6 +178,7 @@ class Deliverer:
             trust_env=False,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._done: list[str] = []  # events done with, to take out of the outbox at once
         self._held: Counter[str] = Counter()  # events held per endpoint
         self._turns: dict[str, asyncio.Semaphore] = {}
         self._wake = asyncio.Event()
@@ -199,11 +203,13 @@ class Deliverer:
             if claimed == 0 or len(self._tasks) >= IN_FLIGHT:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_S)
+                await asyncio.sleep(BATCH_S)
                 self._wake.clear()
 
     async def step(self) -> int:
-        """Sweep expiries when due, claim what fits and start delivering it: how many events
-        were claimed."""
+        """Take the events done with out of the outbox, sweep expiries when due, claim what
+        fits and start delivering it: how many events were claimed."""
+        await self._flush()
         if time.monotonic() - self._swept_at >= SWEEP_S:
             self._swept_at = time.monotonic()
             await self.sweep()
@@ -217,6 +223,14 @@ class Deliverer:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
         return len(events)
+
+    async def _flush(self) -> None:
+        done, self._done = self._done, []
+        try:
+            await self._store.done(done, self._now_ms())
+        except ServiceError:
+            self._done[:0] = done  # next time; meanwhile their leases hold them
+            raise
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -236,7 +250,7 @@ class Deliverer:
         try:
             if not profile.webhook_url or not profile.webhook_secrets:
                 log.info("event dropped: the client has no webhook now", event_id=event.id)
-                await self._store.done(event.id, self._now_ms())
+                self._done.append(event.id)
                 return
             endpoint = _endpoint(profile.webhook_url)
             if self._held[endpoint] >= QUEUED_PER_ENDPOINT:
@@ -287,9 +301,10 @@ class Deliverer:
     def body(self, event: Event, profile: Profile) -> str:
         """The event as the receiver gets it: type, RFC 3339 time, the verification as GET
         shows it."""
-        at = datetime.fromtimestamp(event.at_ms / 1000, UTC)
+        at = datetime.fromtimestamp(event.at_ms / 1000, UTC).isoformat(timespec="milliseconds")
         data = verification_body(self._view(event.verification, profile), with_calls=True)
-        payload = {"type": event.type, "timestamp": at, "data": data}
+        payload = {"type": event.type, "timestamp": at.replace("+00:00", "Z"), "data": data}
+        # The data's times as GET shows them: whole seconds.
         return orjson.dumps(
             payload, option=orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS
         ).decode()
@@ -301,10 +316,10 @@ class Deliverer:
         if isinstance(outcome, int):
             if 200 <= outcome < 300:
                 self._metrics.webhook_lag.observe(max(0, now_ms - event.at_ms) / 1000)
-                return await self._done(event, client, "delivered", now_ms)
+                return self._drop(event, client, "delivered")
             if outcome == 410:
                 log.info("webhook gone: the receiver dropped the event", event_id=event.id)
-                return await self._done(event, client, "gone", now_ms)
+                return self._drop(event, client, "gone")
             if outcome not in (429, 503):
                 retry_after_s = 0.0
         failed = event.failed_attempts + 1
@@ -317,14 +332,15 @@ class Deliverer:
                 type=event.type,
                 attempts=failed,
             )
-            return await self._done(event, client, "dead", now_ms)
+            return self._drop(event, client, "dead")
         wait_s = max(waits[failed - 1] * (1 + random.random() / 10), retry_after_s)  # noqa: S311
         await self._store.retry(event.id, now_ms + int(wait_s * 1000), failed)
         counted: WebhookOutcome = "refused" if outcome == "refused" else "retry"
         self._metrics.child(self._metrics.webhook_deliveries, client, counted).inc()
 
-    async def _done(self, event: Event, client: str, outcome: WebhookOutcome, now_ms: int) -> None:
-        await self._store.done(event.id, now_ms)
+    def _drop(self, event: Event, client: str, outcome: WebhookOutcome) -> None:
+        """Done with `event`: out of the outbox at the next step (its lease holds it till then)."""
+        self._done.append(event.id)
         self._metrics.child(self._metrics.webhook_deliveries, client, outcome).inc()
 
     async def close(self, grace_s: float = 2.0) -> None:
@@ -335,6 +351,8 @@ class Deliverer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(ServiceError):
+            await self._flush()
         await self._session.close()
 
 
