@@ -14,8 +14,9 @@ share the work through Redis alone (store.py's key table):
   event is dead, logged and counted. 410 Gone drops it.
 - one endpoint gets at most PER_ENDPOINT deliveries at a time from a process, and holds at most
   QUEUED_PER_ENDPOINT of its IN_FLIGHT places (running or waiting for their turn); an event
-  beyond that is put off by a second, unattempted: a slow or dead endpoint never holds another
-  client's events.
+  beyond that is put off, unattempted, for about as long as the endpoint takes to free a place
+  (its recent attempts' time): a slow or dead endpoint never holds another client's events.
+  No claim takes more than one endpoint may hold, so a single fast endpoint is rarely full.
 - the expiry sweep reports pending verifications with a webhook expired (lua/expire.lua)
   every SWEEP_S, at most a second after their expiry in the sweeping process's clock.
 
@@ -57,15 +58,15 @@ from service.store import Store
 
 log = structlog.get_logger("service.webhooks")
 
-PER_ENDPOINT = 8  # deliveries at a time to one endpoint (scheme, host, port)
-IN_FLIGHT = 64  # events a process holds at a time, all endpoints together
-QUEUED_PER_ENDPOINT = 32  # events a process holds for one endpoint, running or waiting
+PER_ENDPOINT = 16  # deliveries at a time to one endpoint (scheme, host, port)
+IN_FLIGHT = 128  # events a process holds at a time, all endpoints together
+QUEUED_PER_ENDPOINT = 64  # events a process holds for one endpoint, running or waiting
 POLL_S = 0.2  # how often an idle process looks for due events
 # Woken by a change, a process waits this long before it claims: the events of a busy moment
 # are claimed by one script call, not one each.
 BATCH_S = 0.005
 SWEEP_S = 1.0  # how often the expiry sweep runs
-PUT_OFF_MS = 1000  # an event whose endpoint is busy waits this long, no attempt counted
+PUT_OFF_MS = (10, 5000)  # the bounds of an event's wait while its endpoint is full
 _CLOCK_MARGIN_MS = 1000  # the sweep waits this long past an expiry, for the other clocks
 # A lease covers an event's wait for its endpoint's turn and its own attempt: the attempts of
 # the events ahead of it, at most QUEUED_PER_ENDPOINT / PER_ENDPOINT rounds, and this much.
@@ -181,6 +182,7 @@ class Deliverer:
         self._done: list[str] = []  # events done with, to take out of the outbox at once
         self._held: Counter[str] = Counter()  # events held per endpoint
         self._turns: dict[str, asyncio.Semaphore] = {}
+        self._pace: dict[str, float] = {}  # an endpoint's recent attempt time (s), averaged
         self._wake = asyncio.Event()
         self._rotation = 0
         self._swept_at = 0.0
@@ -213,7 +215,7 @@ class Deliverer:
         if time.monotonic() - self._swept_at >= SWEEP_S:
             self._swept_at = time.monotonic()
             await self.sweep()
-        room = IN_FLIGHT - len(self._tasks)
+        room = min(IN_FLIGHT - len(self._tasks), QUEUED_PER_ENDPOINT)
         if room <= 0:
             return 0
         self._rotation += 1
@@ -254,17 +256,25 @@ class Deliverer:
                 return
             endpoint = _endpoint(profile.webhook_url)
             if self._held[endpoint] >= QUEUED_PER_ENDPOINT:
-                await self._store.retry(event.id, self._now_ms() + PUT_OFF_MS, None)
+                # About when a place frees: the queue's rounds at the endpoint's recent pace.
+                rounds = QUEUED_PER_ENDPOINT // PER_ENDPOINT
+                low, high = PUT_OFF_MS
+                wait_ms = min(max(low, int(self._pace.get(endpoint, 0.0) * 1000 * rounds)), high)
+                await self._store.retry(event.id, self._now_ms() + wait_ms, None)
                 return
             turn = self._turns.setdefault(endpoint, asyncio.Semaphore(PER_ENDPOINT))
             self._held[endpoint] += 1
             try:
                 async with turn:
+                    began = time.perf_counter()
                     outcome, wait = await self._attempt(event, profile)
+                    took = time.perf_counter() - began
+                    self._pace[endpoint] = 0.8 * self._pace.get(endpoint, took) + 0.2 * took
             finally:
                 self._held[endpoint] -= 1
                 if not self._held[endpoint]:
                     del self._held[endpoint], self._turns[endpoint]
+                    self._pace.pop(endpoint, None)
             await self._settle(event, client, outcome, wait)
         except ServiceError:
             # The store did not answer: the lease runs out and the event is due again.
