@@ -305,6 +305,41 @@ async def test_rotating_secrets_sign_with_each_and_either_verifies(
         )
 
 
+async def test_a_slow_endpoint_never_holds_another_client_s_events(
+    make_app: Any, aiohttp_server: Any, receiver: Receiver, tmp_path: Any
+) -> None:
+    slow = Receiver(delay_s=3.0)
+    slow.url = str((await aiohttp_server(slow.app())).make_url("/hooks"))
+    path = write_clients_file(
+        tmp_path / "clients.toml",
+        {
+            "dev": {
+                "keys": [hash_key("dev")],
+                "webhook_url": slow.url,
+                "webhook_secrets": [SECRET],
+            },
+            "other": {
+                "keys": [hash_key("other-key")],
+                "webhook_url": receiver.url,
+                "webhook_secrets": [SECRET],
+            },
+        },
+    )
+    client = await make_app(
+        clients_file=str(path), webhook_allow_private=True, ip_limit="1000/3600"
+    )
+    # More of the slow client's events than one process holds for an endpoint.
+    for n in range(100):
+        assert (await start(client, f"7903560{n:04d}")).status == 201
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    vid, _ = await started(client, headers=OTHER)
+    await receiver.wait_for(1, timeout_s=2.0)
+    assert receiver.of(vid)[0].type == "verification.started"
+    assert loop.time() - began < 1.0
+    assert len(slow.deliveries) < 100  # the slow one is still at it
+
+
 async def test_a_loopback_or_plain_http_target_is_refused_unless_allowed(
     make_app: Any, receiver: Receiver
 ) -> None:

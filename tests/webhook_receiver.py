@@ -49,6 +49,7 @@ class Receiver:
     secrets: tuple[str, ...] = (SECRET,)
     answers: list[int] = field(default_factory=list)
     retry_after: str | None = None
+    delay_s: float = 0.0  # a slow receiver: how long it takes to answer
     deliveries: list[Delivery] = field(default_factory=list)  # verified, whatever was answered
     forged: int = 0  # requests no secret verifies
     url: str = ""
@@ -72,6 +73,8 @@ class Receiver:
         if verified is None:
             self.forged += 1
             return web.Response(status=401)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         status = self.answers.pop(0) if self.answers else 204
         self.deliveries.append(
             Delivery(
