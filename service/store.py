@@ -456,10 +456,17 @@ class Store:
                 )
             )
         flat = [item for reply in replies for item in reply]
-        return [
-            Event.decode(str(flat[i]), flat[i + 2], int(flat[i + 1]))
-            for i in range(0, len(flat), 3)
-        ][:count]
+        events, unreadable = [], []
+        for i in range(0, len(flat), 3):
+            try:
+                events.append(Event.decode(str(flat[i]), flat[i + 2], int(flat[i + 1])))
+            except (ValueError, KeyError, IndexError, TypeError):
+                unreadable.append(str(flat[i]))
+        if unreadable:
+            # Never delivered, and never again in a claim: one bad record must not stall them.
+            log.error("webhook events unreadable; dropped", event_ids=unreadable)
+            await self.done(unreadable, now_ms)
+        return events[:count]
 
     async def done(self, event_ids: list[str], now_ms: int) -> None:
         """Events delivered, gone or dead: out of the outbox, and each verification's next

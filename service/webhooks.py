@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import random
 import socket
@@ -122,9 +123,14 @@ def check_target(url: str) -> None:
             raise Refused(f"{host} is a loopback, private or link-local address")
 
 
+@functools.lru_cache(maxsize=256)
+def _signer(secret: str) -> Webhook:
+    return Webhook(secret)  # decodes the secret once
+
+
 def signature(secrets: tuple[str, ...], event_id: str, at: datetime, body: str) -> str:
     """The webhook-signature header: one `v1,<base64>` per secret (several while rotating)."""
-    return " ".join(Webhook(secret).sign(event_id, at, body) for secret in secrets)
+    return " ".join(_signer(secret).sign(event_id, at, body) for secret in secrets)
 
 
 def _retry_after(value: str | None) -> float:
@@ -200,6 +206,10 @@ class Deliverer:
                 claimed = await self.step()
             except ServiceError:  # the store's outage is logged by the store, once
                 claimed, self._swept_at = 0, 0.0
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:  # whatever it was, deliveries must go on
+                log.exception("webhook delivery step failed")
                 await asyncio.sleep(1.0)
                 continue
             if claimed == 0 or len(self._tasks) >= IN_FLIGHT:

@@ -435,3 +435,18 @@ async def test_a_client_without_a_webhook_records_no_event(make_app: Any, backen
     await checked(client, vid, code)
     keys = await backend.keys()
     assert not [k for k in keys if k.endswith((":events", ":due", ":expiry", ":tries"))], keys
+
+
+async def test_an_unreadable_event_is_dropped_and_logged_and_the_others_still_go(
+    make_app: Any, receiver: Receiver, backend: Backend, service_logs: Any
+) -> None:
+    client = await hooked(make_app, receiver)
+    bad = "evt_0123456789abcdefAAAAAAAAAAAAAAAA_1"
+    await backend.redis.hset(f"{backend.prefix}{{0}}:events", bad, "not json")
+    await backend.redis.zadd(f"{backend.prefix}{{0}}:due", {bad: 0})
+    vid, _ = await started(client)
+    await receiver.wait_for(1)
+    assert receiver.of(vid)[0].type == "verification.started"
+    await eventually(lambda: "webhook events unreadable; dropped" in service_logs.text())
+    assert await backend.redis.zscore(f"{backend.prefix}{{0}}:due", bad) is None
+    assert await backend.redis.hget(f"{backend.prefix}{{0}}:events", bad) is None
