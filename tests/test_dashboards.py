@@ -436,6 +436,45 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
         _case("CallauthConversionDrop", "1450m"),
         _case("CallauthConversionDrop", "1520m", {}, "20%"),
     ]
+    b = 'job="callauth", instance="b:8080"'
+    webhooks = [
+        # shop's first dead event at 10m, on a series that begins with it; app's at 30m, on
+        # one that counted none until then.
+        (f'callauth_webhook_deliveries_total{{{a}, client="shop", outcome="dead"}}', "_x10 1x50"),
+        (f'callauth_webhook_deliveries_total{{{a}, client="app", outcome="dead"}}', "0x29 1x30"),
+        # crm's endpoint stops answering 2xx at 10m; its events are retried from then on.
+        (
+            f'callauth_webhook_deliveries_total{{{a}, client="crm", outcome="delivered"}}',
+            "0+10x10 100x50",
+        ),
+        (f'callauth_webhook_deliveries_total{{{a}, client="crm", outcome="retry"}}', "0x10 5+5x50"),
+        # 60 deliveries a minute under a second; from 20m on, 5 of them take 60-300 s.
+        *(
+            (f'callauth_webhook_lag_seconds_bucket{{{a}, le="{le}"}}', values)
+            for le, values in (
+                ("1.0", "0+60x20 1255+55x40"),
+                ("60.0", "0+60x20 1255+55x40"),
+                ("300.0", "0+60x60"),
+                ("+Inf", "0+60x60"),
+            )
+        ),
+        # Both processes report the same outbox: 100 more events each minute.
+        (f"callauth_webhook_pending{{{a}}}", "0+100x60"),
+        (f"callauth_webhook_pending{{{b}}}", "0+100x60"),
+    ]
+    webhooks_cases = [
+        _case("CallauthWebhooksDead", "9m"),
+        _case("CallauthWebhooksDead", "10m", {"client": "shop"}),
+        _case("CallauthWebhooksDead", "29m"),
+        _case("CallauthWebhooksDead", "30m", {"client": "app"}),
+        _case("CallauthWebhooksDead", "50m"),
+        _case("CallauthWebhookLag", "30m"),
+        _case("CallauthWebhookLag", "45m", {}, "4m 31s"),
+        _case("CallauthWebhookFailing", "35m"),
+        _case("CallauthWebhookFailing", "45m", {"client": "crm"}),
+        _case("CallauthWebhookBacklog", "40m"),
+        _case("CallauthWebhookBacklog", "50m", {}, "5000"),
+    ]
     tests = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
@@ -448,6 +487,7 @@ def test_promtool_unit_tests_the_alerts(tmp_path: Path) -> None:
             for inputs, cases in (
                 (operations, operations_cases),
                 (conversion, conversion_cases),
+                (webhooks, webhooks_cases),
             )
         ],
     }

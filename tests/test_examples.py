@@ -1,7 +1,10 @@
-"""The client examples in examples/ run end to end against a real sandbox service."""
+"""The examples in examples/ run end to end against a real sandbox service: the clients, and
+the webhook receivers with the service delivering to them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -9,12 +12,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from conftest import IN_CI
-from helpers import free_port
+from helpers import checked, free_port, started
+from standardwebhooks import Webhook
+from webhook_receiver import SECRET, new_secret
 
 from service.providers.sandbox import SANDBOX_CALL_TO
 
@@ -146,3 +154,150 @@ def test_examples_default_to_the_local_service() -> None:
         text = (EXAMPLES / name).read_text()
         assert "CALLAUTH_URL" in text, name
         assert default in text, name
+
+
+# --- webhook receivers ------------------------------------------------------------------------
+
+RECEIVERS = {
+    "python": [sys.executable, str(EXAMPLES / "webhook_receiver.py")],
+    "node": ["node", str(EXAMPLES / "webhook_receiver.mjs")],
+}
+
+
+class RunningReceiver:
+    """One example receiver as a process on a loopback port; its stdout read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc, self.port = proc, port
+        self.url = f"http://127.0.0.1:{port}/hooks/callauth"
+
+    async def line(self, timeout_s: float = 10.0) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+        assert raw, "the receiver closed its output (exited?)"
+        return raw.decode().strip()
+
+    async def event_line(self, timeout_s: float = 10.0) -> str:
+        """The next line that reports an event (not the start-up banner)."""
+        while True:
+            line = await self.line(timeout_s)
+            if line.startswith("verification."):
+                return line
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(self.url, data=body, headers=headers) as resp,
+        ):
+            return resp.status
+
+
+@pytest.fixture(params=sorted(RECEIVERS))
+async def example_receiver(request: pytest.FixtureRequest) -> AsyncIterator[RunningReceiver]:
+    """An example receiver with the tests' webhook secret, listening once this returns."""
+    if request.param == "node":
+        _need("node")
+    port = free_port()
+    env = {
+        **_clean_env(),
+        "CALLAUTH_WEBHOOK_SECRET": SECRET,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *RECEIVERS[request.param],
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await writer.wait_closed()
+                break
+            except OSError:
+                pass
+            if proc.returncode is not None or time.monotonic() > deadline:
+                assert proc.stderr is not None
+                err = (await proc.stderr.read()).decode() if proc.returncode is not None else ""
+                raise AssertionError(f"the {request.param} receiver did not start:\n{err}")
+            await asyncio.sleep(0.1)
+        yield RunningReceiver(proc, port)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+NOBODY = new_secret(b"a-secret-of-nobody-at-all-32byte")
+
+
+def _signed(secret: str, event_id: str, body: bytes, at: datetime | None = None) -> dict[str, str]:
+    """Standard Webhooks headers for `body`, signed by the `standardwebhooks` package."""
+    at = at or datetime.now(UTC)
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(event_id, at, body.decode()),
+    }
+
+
+def _event(kind: str, status: str) -> bytes:
+    return json.dumps({"type": kind, "data": {"id": "vf_example", "status": status}}).encode()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_a_webhook_receiver_example_takes_the_events_the_service_signs(
+    make_app: Any, example_receiver: RunningReceiver
+) -> None:
+    client = await make_app(
+        webhook_url=example_receiver.url,
+        webhook_secret=SECRET,
+        webhook_allow_private=True,  # the example listens on loopback, plain http
+    )
+    vid, code = await started(client)
+    assert await example_receiver.event_line() == f"verification.started {vid} pending"
+    assert (await checked(client, vid, code))["valid"] is True
+    assert await example_receiver.event_line() == f"verification.approved {vid} approved"
+
+
+async def test_a_webhook_receiver_example_refuses_a_forged_stale_or_altered_delivery(
+    example_receiver: RunningReceiver,
+) -> None:
+    body = _event("verification.canceled", "canceled")
+    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    post = example_receiver.post
+    assert await post(body, _signed(NOBODY, "evt_x_1", body)) == 401
+    assert await post(body, _signed(SECRET, "evt_x_1", body, ten_minutes_ago)) == 401
+    assert await post(body, {"webhook-id": "evt_x_1"}) == 401
+    altered = body.replace(b"canceled", b"approved")
+    assert await post(altered, _signed(SECRET, "evt_x_1", body)) == 401
+    assert await post(body, _signed(SECRET, "evt_x_1", body)) == 204
+    assert await example_receiver.event_line() == "verification.canceled vf_example canceled"
+
+
+async def test_a_webhook_receiver_example_takes_any_rotated_signature_and_each_id_once(
+    example_receiver: RunningReceiver,
+) -> None:
+    body = _event("verification.canceled", "canceled")
+    # While secrets are rotated there is one entry per secret: one that verifies will do.
+    headers = _signed(SECRET, "evt_x_1", body)
+    rotated = _signed(NOBODY, "evt_x_1", body)["webhook-signature"]
+    headers["webhook-signature"] = f"{rotated} {headers['webhook-signature']}"
+    # Delivered again (at least once: same webhook-id), answered 2xx, acted on once.
+    assert await example_receiver.post(body, headers) == 204
+    assert await example_receiver.post(body, headers) == 204
+    last = _event("verification.expired", "expired")
+    assert await example_receiver.post(last, _signed(SECRET, "evt_x_2", last)) == 204
+    assert await example_receiver.event_line() == "verification.canceled vf_example canceled"
+    assert await example_receiver.event_line() == "verification.expired vf_example expired"
