@@ -32,8 +32,18 @@ system-deps:
 	@bash scripts/install-browser.sh
 	@bash scripts/install-promtool.sh
 
+# Webhooks on, to the sandbox's own receiver, so the demo page shows each event as it is
+# delivered: only while neither the environment nor .env names a webhook or New-Tel keys (the
+# receiver exists in sandbox mode only). The fixed secret only signs sandbox events to itself.
 run: install
-	$(BIN)/python -m service
+	@if [ -z "$$CALLAUTH_WEBHOOK_URL$$CALLAUTH_WEBHOOK_SECRET$$CALLAUTH_NEWTEL_ACCESS_KEY" ] && \
+		! grep -qsiE '^[[:space:]]*(export[[:space:]]+)?CALLAUTH_(WEBHOOK_URL|WEBHOOK_SECRET|NEWTEL_ACCESS_KEY)[[:space:]]*=' .env; then \
+		export CALLAUTH_WEBHOOK_URL="http://127.0.0.1:$${CALLAUTH_PORT:-8080}/v1/sandbox/webhooks" \
+			CALLAUTH_WEBHOOK_SECRET=whsec_Y2FsbGF1dGgtc2FuZGJveC1kZW1vLXdlYmhvb2tzLTE= \
+			CALLAUTH_WEBHOOK_ALLOW_PRIVATE="$${CALLAUTH_WEBHOOK_ALLOW_PRIVATE:-1}"; \
+		echo "make run: webhooks go to the sandbox's own receiver, $$CALLAUTH_WEBHOOK_URL"; \
+	fi; \
+	exec $(BIN)/python -m service
 
 format: install
 	$(BIN)/ruff format service tests bench

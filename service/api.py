@@ -404,6 +404,10 @@ def routes(*, sandbox: bool) -> list[web.RouteDef]:
         web.post("/callbacks/newtel/{token}", newtel_callback),
     ]
     if sandbox:
+        # Imported here: the receiver builds on this module (its auth, body and rendering).
+        from service import sandbox_webhooks
+
         table.append(web.get("/v1/sandbox/calls", sandbox_calls))
         table.append(web.post("/v1/sandbox/inbound-calls", sandbox_inbound_call))
+        table.extend(sandbox_webhooks.routes())
     return table

@@ -2,8 +2,9 @@
 
 Plain HTML, CSS and JavaScript from `service/static` (no build step). The page calls the real
 API with the sandbox key and reads the "call" back from `/v1/sandbox/calls` (an inbound call's
-number comes with the verification, and `/v1/sandbox/inbound-calls` plays it); create_app adds
-these routes only when the provider is the sandbox, so in `newtel` mode `/demo` is a 404.
+number comes with the verification, and `/v1/sandbox/inbound-calls` plays it), and lists the
+verification's webhook events from `/v1/sandbox/webhooks` (sandbox_webhooks.py); create_app
+adds these routes only when the provider is the sandbox, so in `newtel` mode `/demo` is a 404.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service import api
+from service import api, sandbox_webhooks
 from service.errors import ServiceError, type_uri
 
 # Every code the API answers, by status: each has a page at /problems/<code> (problem_pages).
@@ -95,12 +95,14 @@ _REQUESTS: list[type[BaseModel]] = [
     api.CheckByPhoneRequest,
     api.CallbackRequest,
     api.SandboxInboundCallRequest,
+    sandbox_webhooks.WebhookEvent,
 ]
 _ANSWERS: list[type[BaseModel]] = [
     api.VerificationOut,
     api.CheckOut,
     api.SandboxCallsOut,
     api.CallbackOut,
+    sandbox_webhooks.SandboxWebhooksOut,
 ]
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
 
@@ -207,7 +209,11 @@ _ID = {
 _BODY_ERRORS = [400, 408, 413, 415, 422, 503]
 _TAGS = [
     {"name": "verifications", "description": "Start, check, read, resend and cancel."},
-    {"name": "sandbox", "description": "Read the calls the sandbox placed (sandbox mode only)."},
+    {
+        "name": "sandbox",
+        "description": "Read the calls the sandbox placed, play an inbound call, and receive "
+        "and read webhooks (sandbox mode only).",
+    },
     {"name": "callbacks", "description": "What New-Tel calls back (no bearer key)."},
     {
         "name": "operations",
@@ -252,6 +258,31 @@ _CALLS = {
         }
     ]
 }
+
+_EVENTS = {
+    "enabled": True,
+    "events": [
+        {
+            "id": f"evt_{_VF[3:]}_1",
+            "type": "verification.started",
+            "timestamp": "2026-11-22T10:00:00Z",
+            "status": "pending",
+            "received_at": "2026-11-22T10:00:00Z",
+        },
+        {
+            "id": f"evt_{_VF[3:]}_2",
+            "type": "verification.approved",
+            "timestamp": "2026-11-22T10:00:30Z",
+            "status": "approved",
+            "received_at": "2026-11-22T10:00:30Z",
+        },
+    ],
+}
+_SIGNATURE_HEADERS = [
+    ("webhook-id", "the event's id (`evt_…`), the same on every retry"),
+    ("webhook-timestamp", "unix seconds of this attempt"),
+    ("webhook-signature", "`v1,<base64 HMAC-SHA256>`, space-separated while secrets rotate"),
+]
 
 
 @cache
@@ -510,6 +541,56 @@ def document(sandbox: bool) -> dict[str, Any]:
                 api.SandboxInboundCallRequest,
                 example={"phone": "79035675124"},
             )
+        }
+        paths["/v1/sandbox/webhooks"] = {
+            "get": _op(
+                "listSandboxWebhooks",
+                "sandbox",
+                "The webhook events the sandbox received for a verification (sandbox mode only)",
+                "The events its built-in receiver (POST here) verified for one of the client's "
+                "verifications, oldest first; `enabled` says whether the client has a webhook "
+                "URL at all (`make run` points CALLAUTH_WEBHOOK_URL at the receiver). Another "
+                "client's, an unknown or an expired verification lists nothing.",
+                {200: _json(_ref(sandbox_webhooks.SandboxWebhooksOut), "the events", _EVENTS)},
+                [422, 503],
+                params=[
+                    {
+                        "name": "verification_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "example": _VF,
+                    }
+                ],
+            ),
+            "post": _op(
+                "receiveSandboxWebhook",
+                "sandbox",
+                "The sandbox's own webhook receiver (sandbox mode only)",
+                "Takes a delivery as a client's endpoint would: 204 when its Standard Webhooks "
+                "signature verifies with CALLAUTH_WEBHOOK_SECRET or a client's webhook secret, "
+                "401 otherwise (no bearer key: the signature is the credential). The last "
+                f"{sandbox_webhooks.KEPT} events are kept, in memory.",
+                {204: {"description": "verified and kept (a repeat of an id is kept once)"}},
+                [401, 408, 413, 422],
+                sandbox_webhooks.WebhookEvent,
+                example={
+                    "type": "verification.started",
+                    "timestamp": "2026-11-22T10:00:00Z",
+                    "data": _WITH_CALLS,
+                },
+                auth=False,
+                params=[
+                    {
+                        "name": name,
+                        "in": "header",
+                        "required": True,
+                        "description": description,
+                        "schema": {"type": "string"},
+                    }
+                    for name, description in _SIGNATURE_HEADERS
+                ],
+            ),
         }
     return {
         "openapi": "3.1.0",

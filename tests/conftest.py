@@ -214,11 +214,17 @@ async def make_app(
     backend: Backend, aiohttp_client: Any, clock: Clock, fake_newtel: FakeNewTel
 ) -> AppFactory:
     """Start the service on `backend`; `newtel=True` points it at the fake New-Tel (with the
-    clients AUTH and OTHER, unless `clients_file` names others). `backend` comes first: its
-    store closes after the service (whose webhook deliverer runs until then)."""
+    clients AUTH and OTHER, unless `clients_file` names others); `sandbox_webhooks=True` sends
+    the webhooks to the service's own receiver (/v1/sandbox/webhooks, signed with
+    webhook_receiver.SECRET). `backend` comes first: its store closes after the service (whose
+    webhook deliverer runs until then)."""
 
     async def make(
-        *, newtel: bool = False, webhook_resolver: Any = None, **overrides: Any
+        *,
+        newtel: bool = False,
+        webhook_resolver: Any = None,
+        sandbox_webhooks: bool = False,
+        **overrides: Any,
     ) -> TestClient[Any, Any]:
         if newtel:
             overrides = {
@@ -234,6 +240,15 @@ async def make_app(
         # started on a port chosen here.
         port = unused_port()
         overrides = {"public_url": f"http://127.0.0.1:{port}", **overrides}
+        if sandbox_webhooks:
+            from webhook_receiver import SECRET as WEBHOOK_SECRET
+
+            overrides = {
+                "webhook_url": f"http://127.0.0.1:{port}/v1/sandbox/webhooks",
+                "webhook_secret": WEBHOOK_SECRET,
+                "webhook_allow_private": True,  # loopback, plain http
+                **overrides,
+            }
         settings = make_settings(backend.prefix, **overrides)
         app = create_app(
             settings, clock=clock, redis=backend.redis, webhook_resolver=webhook_resolver

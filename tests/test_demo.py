@@ -19,8 +19,10 @@ from typing import Any
 import fakeredis
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import unused_port
 from conftest import IN_CI, Clock, make_settings
 from helpers import wrong
+from webhook_receiver import SECRET as WEBHOOK_SECRET
 
 from service.app import create_app
 from service.providers.sandbox import SANDBOX_CALL_TO
@@ -54,15 +56,26 @@ def sandbox_settings(**overrides: Any) -> Any:
 
 
 @asynccontextmanager
-async def serve(clock: Callable[[], float] = time.time, **overrides: Any) -> AsyncIterator[str]:
-    """The real HTTP server on 127.0.0.1 and a free port; yields its base URL."""
+async def serve(
+    clock: Callable[[], float] = time.time, *, webhooks: bool = False, **overrides: Any
+) -> AsyncIterator[str]:
+    """The real HTTP server on 127.0.0.1 and a free port; yields its base URL. `webhooks`:
+    the webhooks go to the service's own sandbox receiver, as `make run` sets them."""
+    port = unused_port()
+    url = f"http://127.0.0.1:{port}"
+    if webhooks:
+        overrides = {
+            "webhook_url": f"{url}/v1/sandbox/webhooks",
+            "webhook_secret": WEBHOOK_SECRET,
+            "webhook_allow_private": True,
+            **overrides,
+        }
     runner = web.AppRunner(create_app(sandbox_settings(**overrides), clock=clock), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    port = runner.addresses[0][1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         await runner.cleanup()
 
@@ -186,11 +199,26 @@ async def _outcome(ui: Browser, outcome: str, text: str | re.Pattern[str]) -> st
     return str(await result.inner_text())
 
 
+async def _hooks(ui: Browser, *expected: tuple[str, str]) -> None:
+    """The Webhooks panel lists exactly these events (type, status), oldest first."""
+    items = ui.page.locator("#hooks li")
+    await ui.expect(items).to_have_count(len(expected))
+    for item, (kind, status) in zip(await items.all(), expected, strict=True):
+        await ui.expect(item.locator(".hook-type")).to_have_text(kind)
+        await ui.expect(item.locator(".hook-status")).to_have_text(status)
+        await ui.expect(item.locator("time")).to_have_text(re.compile(r"\d:\d\d:\d\d"))
+
+
 async def test_flash_call_wrong_code_right_code_then_rate_limited(
     browser: Browser, tmp_path: Path
 ) -> None:
     ui, page = browser, browser.page
-    async with serve() as url:
+    hook_polls: list[str] = []
+    page.on(
+        "request",
+        lambda r: hook_polls.append(r.url) if "/v1/sandbox/webhooks?" in r.url else None,
+    )
+    async with serve(webhooks=True) as url:
         response = await page.goto(f"{url}/demo")
         assert response is not None
         assert response.status == 200
@@ -207,6 +235,8 @@ async def test_flash_call_wrong_code_right_code_then_rate_limited(
         assert shown.startswith("7495"), shown
         assert shown.endswith(code), shown
         await ui.expect(page.locator("#fact-checks")).to_have_text("5")
+        # The service delivered the start to its own receiver; the page lists it.
+        await _hooks(ui, ("verification.started", "pending"))
 
         await _check(ui, wrong(code))
         await _outcome(ui, "wrong", "Wrong code, 4 tries left.")
@@ -215,7 +245,10 @@ async def test_flash_call_wrong_code_right_code_then_rate_limited(
         await _check(ui, code)
         await _outcome(ui, "approved", "Approved")
         await ui.expect(page.locator("#fact-status")).to_have_text("approved")
+        await _hooks(ui, ("verification.started", "pending"), ("verification.approved", "approved"))
+        await ui.expect(page.locator("#hooks-note")).to_be_hidden()
         await page.screenshot(path=tmp_path / "demo-approved.png", full_page=True)
+        polls = len(hook_polls)  # the last event stops the page asking
 
         # The same phone again within the 60 s cooldown: refused, with the wait counting down.
         await page.get_by_role("button", name="Start", exact=True).click()
@@ -227,6 +260,8 @@ async def test_flash_call_wrong_code_right_code_then_rate_limited(
         await asyncio.sleep(1.6)
         later = int(await page.locator("#retry-seconds").inner_text())
         assert later < first, (first, later)
+        assert len(hook_polls) == polls, hook_polls
+        await _hooks(ui, ("verification.started", "pending"), ("verification.approved", "approved"))
 
         shot = tmp_path / "demo.png"
         await page.screenshot(path=shot, full_page=True)
@@ -251,6 +286,12 @@ async def test_voice_resend_max_checks_expiry_and_problem_details(
         await _start(ui, "+7 903 567-51-25")
         await ui.expect(page.locator("#call-number")).to_be_visible()
         flash = await page.locator("#call-number mark").inner_text()
+        # No webhook configured here: the Webhooks panel says how to turn them on.
+        await ui.expect(page.locator("#hooks-note")).to_have_text(
+            f"Webhooks are off: set CALLAUTH_WEBHOOK_URL to {url}/v1/sandbox/webhooks "
+            "(make run does)."
+        )
+        await ui.expect(page.locator("#hooks li")).to_have_count(0)
 
         # Resend by voice: the phone now shows what the robot says, the code marked in it.
         await page.get_by_label("Resend as").select_option("voice_call")

@@ -1,5 +1,6 @@
 // The sandbox demo: start → see the call → check → resend, over the real /v1 API; for an
 // inbound call: start → call the number ("Call now" plays it) → approved, seen by polling.
+// Meanwhile the verification's webhook events are listed as the sandbox's receiver gets them.
 // No framework, no build step. Server text is only ever set with textContent.
 "use strict";
 
@@ -12,9 +13,23 @@
     expiryTimer: null,
     pollTimer: null,
     polling: false,
+    hooksId: null,
+    hooksSeen: new Set(),
+    hooksTimer: null,
+    hooksPolling: false,
   };
-  // How often the page asks for the status of a verification that waits for the user's call.
+  // How often the page asks for the status of a verification that waits for the user's call,
+  // and for the webhook events of the verification shown.
   const POLL_MS = 1000;
+  // After any of these no other event of the verification comes.
+  const LAST_EVENTS = new Set([
+    "verification.approved",
+    "verification.max_checks_reached",
+    "verification.canceled",
+    "verification.expired",
+  ]);
+  // An expiry is delivered within 10 s of it (the contract): the page stops asking after this.
+  const EXPIRED_EVENT_MS = 30000;
 
   // --- the API ------------------------------------------------------------------------------
 
@@ -157,6 +172,7 @@
     state.verification = null;
     updateVerification(v);
     allowCode(!v.inbound);
+    watchHooks(v.id);
   }
 
   // Some of its fields (a check's answer, a poll): merged into the one shown.
@@ -300,6 +316,98 @@
       }
     } finally {
       state.polling = false;
+    }
+  }
+
+  // --- the webhooks: the verification's events, as the sandbox's receiver got them ----------
+
+  function hooksNote(kind, message) {
+    const note = $("hooks-note");
+    note.dataset.kind = kind;
+    note.replaceChildren(...[].concat(message));
+    note.hidden = message.length === 0;
+  }
+
+  function code(text) {
+    const c = document.createElement("code");
+    c.textContent = text;
+    return c;
+  }
+
+  function hookItem(e) {
+    const item = document.createElement("li");
+    item.className = "hook";
+    const type = code(e.type);
+    type.className = "hook-type";
+    const status = document.createElement("span");
+    status.className = "hook-status";
+    status.dataset.status = e.status;
+    status.textContent = e.status;
+    const time = document.createElement("time");
+    time.className = "hook-time";
+    time.dateTime = e.timestamp;
+    time.textContent = new Date(e.timestamp).toLocaleTimeString();
+    item.append(type, status, time);
+    return item;
+  }
+
+  function stopHooks() {
+    if (state.hooksTimer !== null) {
+      clearInterval(state.hooksTimer);
+      state.hooksTimer = null;
+    }
+  }
+
+  // A new verification empties the list; the same one (a resend) keeps it and goes on asking.
+  function watchHooks(id) {
+    stopHooks();
+    if (state.hooksId !== id) {
+      state.hooksId = id;
+      state.hooksSeen = new Set();
+      $("hooks").replaceChildren();
+      $("hooks").hidden = true;
+      hooksNote("waiting", "Waiting for the first event…");
+    }
+    const tick = () => pollHooks(id).catch((err) => hooksNote("error", `Unexpected error: ${err}`));
+    state.hooksTimer = setInterval(tick, POLL_MS);
+    tick();
+  }
+
+  async function pollHooks(id) {
+    if (state.hooksPolling) return; // the previous answer is still on its way
+    state.hooksPolling = true;
+    try {
+      const r = await api("GET", `/v1/sandbox/webhooks?verification_id=${encodeURIComponent(id)}`);
+      if (state.hooksTimer === null || state.hooksId !== id) return; // another verification now
+      if (!r.ok) {
+        if (r.status === 0 || r.status >= 500) return; // try again on the next tick
+        stopHooks();
+        hooksNote("error", `The events could not be read (HTTP ${r.status}).`);
+        return;
+      }
+      const events = (r.body && r.body.events) || [];
+      for (const e of events) {
+        if (state.hooksSeen.has(e.id)) continue;
+        state.hooksSeen.add(e.id);
+        $("hooks").append(hookItem(e));
+      }
+      $("hooks").hidden = state.hooksSeen.size === 0;
+      if (state.hooksSeen.size > 0) hooksNote("events", []);
+      const v = state.verification;
+      const expired = v && v.id === id && Date.now() > Date.parse(v.expires_at) + EXPIRED_EVENT_MS;
+      if (!r.body.enabled) {
+        stopHooks(); // nothing will come
+        if (state.hooksSeen.size === 0) {
+          hooksNote("off", [
+            "Webhooks are off: set ", code("CALLAUTH_WEBHOOK_URL"), " to ",
+            code(`${window.location.origin}/v1/sandbox/webhooks`), " (", code("make run"), " does).",
+          ]);
+        }
+      } else if (events.some((e) => LAST_EVENTS.has(e.type)) || expired) {
+        stopHooks();
+      }
+    } finally {
+      state.hooksPolling = false;
     }
   }
 
