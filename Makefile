@@ -23,7 +23,7 @@ $(VENV)/.installed-$(PYVER): pyproject.toml
 		echo "creating $(VENV) with $(PYTHON) (Python $(PYVER))"; \
 		rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,otel]'
 	touch $@
 
 # Debian packages the tests drive: Chromium (browser test) and promtool (alert rules). Without

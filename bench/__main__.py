@@ -21,6 +21,10 @@ Phases (--phases picks some):
   small_again  back to the 1k pool alone (the rest deleted), check latency once more: the
                200k figure is compared with the 1k runs before and after it
 All keys live under callauth-bench:<random>: and are deleted at the end.
+
+--otel runs the service with tracing on (OTEL_EXPORTER_OTLP_ENDPOINT), exporting over OTLP/HTTP
+to a local sink (bench/otlp_sink.py) that counts what it receives: run the same phases without
+and with it, one after the other, for the cost of tracing (needs the `otel` extra).
 """
 
 from __future__ import annotations
@@ -599,6 +603,7 @@ class Bench:
             "service_env": {k: v for k, v in self.env.items() if k != "CALLAUTH_SECRET"},
             "wrk": runner.ensure_wrk(),
             "service_dir": str(a.service_dir),
+            "otel": a.otel,
         }
         log(f"prefix {self.prefix}; machine {self.results['machine']}")
         try:
@@ -606,6 +611,10 @@ class Bench:
                 a.redis_url, self.prefix + "baseline", runner.free_port()
             )
             self.servers.append(self.baseline)
+            if a.otel:
+                self.sink = runner.start_otlp_sink(runner.free_port())
+                self.servers.append(self.sink)
+                self.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.sink.url
             self.service = runner.start_service(self.env, runner.free_port(), cwd=a.service_dir)
             self.servers.append(self.service)
             phases = a.phases
@@ -634,8 +643,11 @@ class Bench:
             if "small_again" in phases and "small" in self.pools:
                 self.phase_small("check_at_small_again")
             self.scaling()
+            if a.otel:
+                self.results["otel"] = runner.sink_stats(self.sink.url)
         finally:
-            for server in list(self.servers):
+            # The last started first: the service before the sink it exports to.
+            for server in reversed(self.servers):
                 server.stop()
             self.cleanup()
         self.results["finished_at"] = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -753,6 +765,12 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"  top self time ({mode}, service):")
         lines += [f"    {e['pct']:5.1f}%  {e['name']}" for e in prof["self"][:12]]
     lines += webhooks.table(res)
+    otel = res.get("otel")
+    if otel:
+        lines.append(
+            f"\ntracing on: {otel['spans']} spans in {otel['exports']} OTLP/HTTP exports "
+            f"({otel['bytes'] / 1e6:.1f} MB) to the local sink"
+        )
     lines.append("\ntargets:")
     for name, v in res["verdict"].items():
         lines.append(
@@ -804,6 +822,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         default=runner.ROOT,
         help="run `python -m service` from this directory (a private copy with a fix to try)",
+    )
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="tracing on: the service exports its spans over OTLP/HTTP to a local sink",
     )
     p.add_argument(
         "--quick",

@@ -124,6 +124,19 @@ def start_baseline(redis_url: str, key: str, port: int) -> Server:
     return Server("baseline", [*argv, "--redis-url", redis_url, "--key", key], port, {})
 
 
+def start_otlp_sink(port: int) -> Server:
+    """bench/otlp_sink.py: answers every OTLP/HTTP trace export, counts what it received."""
+    return Server(
+        "otlp-sink", [sys.executable, "-m", "bench.otlp_sink", "--port", str(port)], port, {}
+    )
+
+
+def sink_stats(url: str) -> dict[str, int]:
+    """What the sink has received: exports, bytes, spans."""
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
 def ensure_wrk() -> str:
     """wrk from the system's package manager if it is missing."""
     found = shutil.which("wrk")

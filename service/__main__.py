@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from service import logs
+from service import logs, tracing
 from service.app import create_app
 from service.clients import Clients, ClientsError, hash_key, load_clients, new_key
 from service.settings import Settings, startup_problem, unknown_variables
@@ -91,12 +91,24 @@ def _warn_unknown_variables() -> None:
         log.warning("CALLAUTH_* variables that are no setting are ignored", variables=unknown)
 
 
+def _tracing() -> None:
+    """OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set (service/tracing.py)."""
+    try:
+        on = tracing.configure()
+    except tracing.TracingUnavailable as exc:
+        print(f"callauth: invalid {exc.variable}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if on:
+        log.info("tracing on: spans exported over OTLP/HTTP")
+
+
 def main() -> None:
     if len(sys.argv) > 1:
         raise SystemExit(command(sys.argv[1:]))
     settings = _settings()
     clients = _clients(settings)
     logs.configure(settings.log_level, settings.log_format)
+    _tracing()
     _warn_unknown_variables()
     try:
         import uvloop

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines or console, request ids, and a last line of defence for secrets."""
+"""structlog set-up: JSON lines or console, request and trace ids, and a last line of defence
+for secrets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from service import tracing
 from service.phones import mask
 
 SANDBOX_EVENT = "sandbox call placed"
@@ -46,6 +48,16 @@ def add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The current span's `trace_id` and `span_id`, while tracing is on (service/tracing.py)."""
+    if tracing.tracer is not None:
+        ids = tracing.current_ids()
+        if ids is not None:
+            event.setdefault("trace_id", ids[0])
+            event.setdefault("span_id", ids[1])
+    return event
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret-named fields and mask phone-shaped digit runs in every string value."""
     sandbox = event.get("event") == SANDBOX_EVENT
@@ -68,6 +80,7 @@ def configure(
     structlog.configure(
         processors=[
             add_request_id,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -1,6 +1,6 @@
 """How errors reach callers: the wrapper every route is served through (request id,
-problem+json, request metrics, access log), the 405 and 404 fallbacks, and aiohttp's own
-parser errors."""
+problem+json, request metrics, access log, the request's span), the 405 and 404 fallbacks,
+and aiohttp's own parser errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from service import logs
+from service import logs, tracing
 from service.api import json_response
 from service.errors import (
     MethodNotAllowed,
@@ -63,13 +63,14 @@ def _from_http(exc: web.HTTPException) -> ServiceError:
 
 
 _UNMATCHED = "unmatched"
+_UNMATCHED_ROUTE = "(unmatched)"
 
 
 def _route(request: web.Request) -> str:
     """The route's template, never the raw path: a client may have put a code in a URL."""
     resource = request.match_info.route.resource
     if resource is None or resource.name == _UNMATCHED:
-        return "(unmatched)"
+        return _UNMATCHED_ROUTE
     return resource.canonical
 
 
@@ -96,16 +97,46 @@ async def _answer_and_close(request: web.Request, response: web.StreamResponse) 
     request.protocol.force_close()
 
 
+def _server_span(request: web.Request, method: str, route: str) -> tracing.Traced:
+    """The request's SERVER span, named by the route's template (never the path, which may
+    hold a callback token or a verification id), continuing the caller's W3C trace."""
+    method = "_OTHER" if method == "other" else method  # as OpenTelemetry names it
+    if route == _UNMATCHED_ROUTE:
+        return tracing.start(
+            method, "server", {"http.request.method": method}, current=True, carrier=request.headers
+        )
+    return tracing.start(
+        f"{method} {route}",
+        "server",
+        {"http.request.method": method, "http.route": route},
+        current=True,
+        carrier=request.headers,
+    )
+
+
+def _end_server_span(traced: tracing.Traced, status: int | None) -> None:
+    """`status` None: the request ended without an answer of ours (the client went away)."""
+    if status is not None:
+        traced.set("http.response.status_code", status)
+    traced.end(str(status) if status is not None and status >= 500 else None)
+
+
 def served(handler: Handler) -> Handler:
     """Wrap a route's handler: bind a request id, render every error as problem+json, count
-    and time the answer (callauth_http_*), and write one access event. A wrapper per route
-    rather than a middleware: aiohttp's middleware chain cost a status read a tenth of its
-    throughput."""
+    and time the answer (callauth_http_*), write one access event, and (tracing on) make the
+    request's SERVER span. A wrapper per route rather than a middleware: aiohttp's middleware
+    chain cost a status read a tenth of its throughput. Not OpenTelemetry's aiohttp-server
+    instrumentation either: a middleware too, and its spans hold the raw path and URL (a
+    callback's token, verification ids) and the messages of exceptions."""
 
     async def serve(request: web.Request) -> web.StreamResponse:
         given = request.headers.get("X-Request-ID", "")
         request_id = given if _GIVEN_REQUEST_ID.fullmatch(given) else new_request_id()
         token = logs.REQUEST_ID.set(request_id)
+        route = _route(request)
+        method = request.method if request.method in _METHODS else "other"
+        traced = None if tracing.tracer is None else _server_span(request, method, route)
+        status = None
         started = time.perf_counter()
         try:
             try:
@@ -117,16 +148,15 @@ def served(handler: Handler) -> Handler:
             except ServiceError as err:
                 response = problem_response(err)
             except Exception:
-                log.exception("unhandled error", method=request.method, route=_route(request))
+                log.exception("unhandled error", method=request.method, route=route)
                 response = problem_response(ServiceError("an unexpected error; it was logged"))
+            status = response.status
             response.headers["X-Request-ID"] = request_id
             elapsed = time.perf_counter() - started
             app = request.app
-            route = _route(request)
             metrics = app.get(METRICS)
             if metrics is not None:
-                method = request.method if request.method in _METHODS else "other"
-                count, latency = metrics.http(route, method, response.status)
+                count, latency = metrics.http(route, method, status)
                 count.inc()
                 latency.observe(elapsed)
             if app[ACCESS_LOG]:
@@ -134,14 +164,16 @@ def served(handler: Handler) -> Handler:
                     "request",
                     method=request.method,
                     route=route,
-                    status=response.status,
+                    status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
-            if response.status == 408:
+            if status == 408:
                 await _answer_and_close(request, response)
             return response
         finally:
             logs.REQUEST_ID.reset(token)
+            if traced is not None:
+                _end_server_span(traced, status)
 
     return serve
 

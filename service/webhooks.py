@@ -49,6 +49,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
+from service import tracing
 from service.api import verification_body
 from service.clients import Profile
 from service.errors import ServiceError
@@ -274,18 +275,22 @@ class Deliverer:
                 return
             turn = self._turns.setdefault(endpoint, asyncio.Semaphore(PER_ENDPOINT))
             self._held[endpoint] += 1
+            span = _span(event) if tracing.tracer is not None else None
+            outcome: WebhookOutcome | int | None = None
             try:
                 async with turn:
                     began = time.perf_counter()
                     outcome, wait = await self._attempt(event, profile)
                     took = time.perf_counter() - began
                     self._pace[endpoint] = 0.8 * self._pace.get(endpoint, took) + 0.2 * took
+                await self._settle(event, client, outcome, wait)
             finally:
                 self._held[endpoint] -= 1
                 if not self._held[endpoint]:
                     del self._held[endpoint], self._turns[endpoint]
                     self._pace.pop(endpoint, None)
-            await self._settle(event, client, outcome, wait)
+                if span is not None:
+                    span.end("cancelled" if outcome is None else _failure(outcome))
         except ServiceError:
             # The store did not answer: the lease runs out and the event is due again.
             log.warning(
@@ -374,6 +379,27 @@ class Deliverer:
         with contextlib.suppress(ServiceError):
             await self._flush()
         await self._session.close()
+
+
+def _span(event: Event) -> tracing.Traced:
+    """A delivery's span, a trace of its own (its store calls are children): the event's type
+    and attempt, never its URL, body or verification."""
+    return tracing.start(
+        f"webhook {event.type}",
+        "client",
+        {"webhook.event_type": event.type, "webhook.attempt": event.failed_attempts + 1},
+        current=True,
+        carrier={},
+    )
+
+
+def _failure(outcome: WebhookOutcome | int) -> str | None:
+    """A span's error.type for an attempt's outcome: None when delivered."""
+    if outcome == "refused":
+        return "refused"
+    if isinstance(outcome, int) and 200 <= outcome < 300:
+        return None
+    return f"http_{outcome // 100}xx" if isinstance(outcome, int) and outcome else "no_answer"
 
 
 def _endpoint(url: str) -> str:

@@ -7,11 +7,14 @@ import json
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from service import tracing
 from service.errors import NumberUnreachable, ProviderError, ProviderUnavailable
 from service.metrics import NewTelReason
 from service.providers.base import PlacedCall
@@ -136,6 +139,7 @@ class NewTelClient:
         if not 20 <= call_timeout_s <= 99:
             raise ValueError("call_timeout_s must be within 20..99 (New-Tel's limit)")
         self._base_url = base_url.rstrip("/")
+        self._host = urlsplit(self._base_url).hostname or ""
         self._access_key = access_key
         self._signature_key = signature_key
         self._flash_method = flash_method.strip("/")
@@ -150,22 +154,30 @@ class NewTelClient:
 
     async def flash_call(self, phone: str, pin: str) -> PlacedCall:
         payload = {"async": 1, "dstNumber": phone, "pin": pin, "timeout": self._call_timeout_s}
-        details = await self._start(self._flash_method, payload)
-        # New-Tel may ring from a number ending in a pin of its own choosing: that one counts.
-        answered_pin = details.get("pin")
-        if not isinstance(answered_pin, str) or not _PIN.fullmatch(answered_pin):
-            raise _failure(
-                NewTelError, self._flash_method, "bad_answer", "answer has no usable pin"
-            )
-        return PlacedCall(call_id=self._call_id(self._flash_method, details), code=answered_pin)
+        with self._traced(self._flash_method):
+            details = await self._start(self._flash_method, payload)
+            # New-Tel may ring from a number ending in a pin of its own: that one counts.
+            answered_pin = details.get("pin")
+            if not isinstance(answered_pin, str) or not _PIN.fullmatch(answered_pin):
+                raise _failure(
+                    NewTelError, self._flash_method, "bad_answer", "answer has no usable pin"
+                )
+            call_id = self._call_id(self._flash_method, details)
+        return PlacedCall(call_id=call_id, code=answered_pin)
 
     async def voice_call(self, phone: str, code: str, text: str) -> PlacedCall:
         payload = {"async": 1, "dstNumber": phone, "text": text, "timeout": self._call_timeout_s}
-        details = await self._start(self._voice_method, payload)
+        with self._traced(self._voice_method):
+            details = await self._start(self._voice_method, payload)
+            call_id = self._call_id(self._voice_method, details)
         # The robot speaks our text, so our code counts whatever pin New-Tel echoes.
-        return PlacedCall(call_id=self._call_id(self._voice_method, details), code=code)
+        return PlacedCall(call_id=call_id, code=code)
 
     async def inbound_call(self, phone: str, callback_link: str, timeout_s: int) -> PlacedCall:
+        with self._traced(self._inbound_method):
+            return await self._inbound_call(phone, callback_link, timeout_s)
+
+    async def _inbound_call(self, phone: str, callback_link: str, timeout_s: int) -> PlacedCall:
         method = self._inbound_method
         payload = {"clientNumber": phone, "callbackLink": callback_link, "timeout": timeout_s}
         details = await self._start(method, payload)
@@ -187,13 +199,15 @@ class NewTelClient:
         return PlacedCall(call_id=call_id, code="", call_to=digits, qr_code_uri=qr_uri)
 
     async def call_status(self, call_id: str) -> str | None:
-        try:
-            data = await self._post(self._status_method, {"callId": call_id})
-        except NewTelError as err:
-            # New-Tel forgets calls after a while; that is "unknown", not a failure.
-            if err.reason == "method_error" and "not found" in (err.provider_message or "").lower():
-                return None
-            raise
+        with self._traced(self._status_method):
+            try:
+                data = await self._post(self._status_method, {"callId": call_id})
+            except NewTelError as err:
+                # New-Tel forgets calls after a while; that is "unknown", not a failure.
+                message = (err.provider_message or "").lower()
+                if err.reason == "method_error" and "not found" in message:
+                    return None
+                raise
         details = data.get("callDetails")
         candidates = [
             details.get("status") if isinstance(details, dict) else None,
@@ -205,7 +219,8 @@ class NewTelClient:
     async def company_state(self) -> CompanyState:
         """Balance and account status (`company/get-state` answers even when blocked)."""
         method = "company/get-state"
-        state = (await self._post(method, {})).get("state")
+        with self._traced(method):
+            state = (await self._post(method, {})).get("state")
         if not isinstance(state, dict) or not isinstance(state.get("status"), str):
             raise _failure(NewTelError, method, "bad_answer", "unexpected answer shape")
         currency = state.get("currency")
@@ -220,6 +235,15 @@ class NewTelClient:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _traced(self, method: str) -> AbstractContextManager[None]:
+        """A CLIENT span around one method call (a shared no-op when tracing is off), its
+        answer's checks included. Not OpenTelemetry's aiohttp-client instrumentation: that
+        sends our `traceparent` on to New-Tel, a third party, and traces every ClientSession
+        of the process."""
+        if tracing.tracer is None:
+            return tracing.NULL
+        return _Traced(method, self._host)
 
     async def _start(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         details = (await self._post(method, payload)).get("callDetails")
@@ -257,6 +281,7 @@ class NewTelClient:
                 f"{self._base_url}/{method}", data=body, headers=headers, timeout=self._timeout
             ) as resp:
                 http_status, raw = resp.status, await resp.read()
+                tracing.set_attribute("http.response.status_code", http_status)
         except TimeoutError as err:
             raise _failure(NewTelUnavailable, method, "timeout", "timed out") from err
         except aiohttp.ClientConnectorError as err:
@@ -302,3 +327,29 @@ class NewTelClient:
                 NewTelError, method, "method_error", "method error", message=data_message
             )
         return data
+
+
+class _Traced:
+    """The span of one New-Tel method call: `newtel <method>`, with the method, New-Tel's HTTP
+    status (set by _post) and, on failure, our fixed reason (`error.type`)."""
+
+    __slots__ = ("_attributes", "_method", "_span")
+
+    def __init__(self, method: str, host: str) -> None:
+        self._method = method
+        self._attributes = {"newtel.method": method, "http.request.method": "POST"}
+        if host:
+            self._attributes["server.address"] = host
+
+    def __enter__(self) -> None:
+        self._span = tracing.start(
+            f"newtel {self._method}", "client", self._attributes, current=True
+        )
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None:
+            self._span.end()
+        elif isinstance(exc, NewTelFailure):
+            self._span.end(exc.reason)
+        else:
+            self._span.end(type(exc).__name__)
