@@ -27,7 +27,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ ./service/
-RUN pip install --no-cache-dir .
+# EXTRAS=otel adds OpenTelemetry (README, Operations, "Tracing"):
+#   docker build --build-arg EXTRAS=otel -t callauth .
+ARG EXTRAS=""
+# The project itself (its extras at most), not a package from the index: nothing to pin.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
 
 # ---------------------------------------------------------------- runtime
 FROM python:3.13.7-slim-bookworm AS runtime

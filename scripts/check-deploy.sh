@@ -118,8 +118,9 @@ dockerfile_base() {
     "$IMAGE_PYTHON" -c 'import sys; v = sys.version_info; assert f"{v[0]}.{v[1]}" == sys.argv[1], sys.version' "$IMAGE_VERSION"
 }
 check "dockerfile: all stages FROM one pinned python:$IMAGE_VERSION slim tag, the version the build below runs" dockerfile_base
-check "dockerfile: builder runs 'pip install --no-cache-dir .'" \
-    grep -qxE 'RUN pip install --no-cache-dir \.' Dockerfile
+check "dockerfile: builder runs 'pip install --no-cache-dir .' (with the EXTRAS build argument's extras, none by default)" \
+    grep -qxF 'RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"' Dockerfile
+check "dockerfile: EXTRAS defaults to none" grep -qxF 'ARG EXTRAS=""' Dockerfile
 check "dockerfile: runtime stage copies only /opt/venv from builder" \
     grep -qxE 'COPY --from=builder /opt/venv /opt/venv' Dockerfile
 check "dockerfile: USER 10001" grep -qxE 'USER 10001' Dockerfile
