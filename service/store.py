@@ -443,20 +443,19 @@ class Store:
 
     async def claim(self, now_ms: int, lease_ms: int, count: int, first: int = 0) -> list[Event]:
         """Up to `count` due events, each leased for `lease_ms` (lua/claim.lua); the shards
-        from the `first`th on, so that no shard always comes last."""
+        from the `first`th on, so that no shard always comes last. One script on one Redis; on
+        a Cluster one per shard, in turn, each for what the ones before left: a claim leases
+        only what it returns."""
         shards = SHARDS[first % len(SHARDS) :] + SHARDS[: first % len(SHARDS)]
-        groups = [
-            [k for shard in group for k in self._worker_keys(shard, "due", "events", "tries")]
-            for group in ([[s] for s in shards] if self.cluster else [shards])
-        ]
+        groups = [[s] for s in shards] if self.cluster else [list(shards)]
+        flat: list[Any] = []
         with self._op("claim"):
-            replies = await asyncio.gather(
-                *(
-                    self._scripts["claim"](keys=keys, args=[now_ms, lease_ms, count])
-                    for keys in groups
-                )
-            )
-        flat = [item for reply in replies for item in reply]
+            for group in groups:
+                left = count - len(flat) // 3
+                if left <= 0:
+                    break
+                keys = [k for s in group for k in self._worker_keys(s, "due", "events", "tries")]
+                flat += await self._scripts["claim"](keys=keys, args=[now_ms, lease_ms, left])
         events, unreadable = [], []
         for i in range(0, len(flat), 3):
             try:
@@ -467,7 +466,7 @@ class Store:
             # Never delivered, and never again in a claim: one bad record must not stall them.
             log.error("webhook events unreadable; dropped", event_ids=unreadable)
             await self.done(unreadable, now_ms)
-        return events[:count]
+        return events
 
     async def done(self, event_ids: list[str], now_ms: int) -> None:
         """Events delivered, gone or dead: out of the outbox, and each verification's next
