@@ -210,6 +210,18 @@ AppFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
+async def receiver(aiohttp_server: Any) -> Any:
+    """A webhook receiver on 127.0.0.1 that verifies and records each delivery
+    (tests/webhook_receiver.py)."""
+    from webhook_receiver import Receiver
+
+    found = Receiver()
+    server = await aiohttp_server(found.app())
+    found.url = str(server.make_url("/hooks"))
+    return found
+
+
+@pytest.fixture
 async def make_app(
     backend: Backend, aiohttp_client: Any, clock: Clock, fake_newtel: FakeNewTel
 ) -> AppFactory:

@@ -25,35 +25,11 @@ from helpers import (
     wrong,
 )
 from standardwebhooks import Webhook, WebhookVerificationError
-from webhook_receiver import SECRET, Receiver, new_secret
+from webhook_receiver import SECRET, Receiver, hooked, new_secret
 
 from service.app import DELIVERER
 from service.clients import hash_key
 from service.webhooks import SWEEP_S, Refused, _allowed, check_target
-
-# Short waits: the tests move the service's clock past them (the deliverer runs on it too).
-RETRY = "1,2,3"
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> Receiver:
-    found = Receiver()
-    server = await aiohttp_server(found.app())
-    found.url = str(server.make_url("/hooks"))
-    return found
-
-
-async def hooked(make_app: Any, receiver: Receiver, **overrides: Any) -> Any:
-    """The service (sandbox) with every client's webhook at `receiver`."""
-    settings: dict[str, Any] = {
-        "webhook_url": receiver.url,
-        "webhook_secret": SECRET,
-        "webhook_allow_private": True,  # the receiver is on loopback, plain http
-        "webhook_retry_s": RETRY,
-        "resend_cooldown_s": 0,
-        **overrides,
-    }
-    return await make_app(**settings)
 
 
 def statuses(receiver: Receiver, verification_id: str) -> list[tuple[str, str]]:

@@ -115,3 +115,18 @@ class Receiver:
             except TimeoutError:
                 continue
         return self.delivered()
+
+
+async def hooked(make_app: Any, receiver: Receiver, **overrides: Any) -> Any:
+    """The service (sandbox, in this process) with every client's webhook at `receiver`:
+    loopback and plain http allowed, retries after 1, 2 and 3 s (the tests move the service's
+    clock past them), no resend cooldown."""
+    settings: dict[str, Any] = {
+        "webhook_url": receiver.url,
+        "webhook_secret": SECRET,
+        "webhook_allow_private": True,
+        "webhook_retry_s": "1,2,3",
+        "resend_cooldown_s": 0,
+        **overrides,
+    }
+    return await make_app(**settings)
