@@ -206,7 +206,6 @@ class Deliverer:
             try:
                 claimed = await self.step()
             except ServiceError:  # the store's outage is logged by the store, once
-                claimed, self._swept_at = 0, 0.0
                 await asyncio.sleep(1.0)
                 continue
             except Exception:  # whatever it was, deliveries must go on

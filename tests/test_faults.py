@@ -428,3 +428,43 @@ async def test_chaos_redis_killed_and_restarted_under_load_is_seen_once_and_reco
     assert sum(errors) >= 1
     assert 'reason="connection"' in text
     no_unhandled_errors(service_logs)
+
+
+async def test_a_hung_redis_pauses_webhook_delivery_and_the_waiting_event_goes_after(
+    aiohttp_client, own_redis, receiver, service_logs
+) -> None:
+    """The deliverer rides out a store outage: its claims fail (logged once, by the store),
+    and the event waiting for its retry is delivered once Redis answers again."""
+    from webhook_receiver import SECRET
+
+    redis = aioredis.from_url(
+        own_redis.url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    receiver.answers = [500]
+    settings = make_settings(
+        fresh_prefix(),
+        webhook_url=receiver.url,
+        webhook_secret=SECRET,
+        webhook_allow_private=True,
+        webhook_retry_s="1",
+    )
+    client = await aiohttp_client(create_app(settings, redis=redis))
+    started = await client.post("/v1/verifications", json={"phone": PHONE}, headers=AUTH)
+    assert started.status == 201
+    vid = (await started.json())["id"]
+    await eventually(lambda: len(receiver.deliveries) == 1)  # the 500: a retry in 1 s
+
+    own_redis.freeze()
+    try:
+        await asyncio.sleep(2.5)  # past the retry's time: every claim meanwhile times out
+        assert len(receiver.deliveries) == 1
+    finally:
+        own_redis.thaw()
+    [delivered] = await receiver.wait_for(1)
+    assert (delivered.type, delivered.data["id"]) == ("verification.started", vid)
+    assert [d.answered for d in receiver.deliveries] == [500, 204]
+    text = service_logs.text()
+    assert text.count('"store unavailable"') == 1
+    assert "webhook delivery step failed" not in text
+    no_unhandled_errors(service_logs)
+    await redis.aclose()
