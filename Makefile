@@ -62,7 +62,7 @@ test: install
 	$(BIN)/pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The API and store tests on every other interpreter found, each in its own .venv-3.x.
+# The API, store, inbound and webhook tests on every other interpreter found, each in its own .venv-3.x.
 test-pythons:
 	@MAKE="$(MAKE)" bash scripts/test-pythons.sh "$(PYVER)" $(PYTHONS)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The API and store tests on every interpreter but the main one (`make test` runs the whole
+# The API, store, inbound and webhook tests on every interpreter but the main one (`make test` runs the whole
 # suite on that), each in its own .venv-3.x made by `make install`; one summary line each.
 #
 #   bash scripts/test-pythons.sh MAIN_VERSION PYTHON...    (what `make test-pythons` runs)
@@ -13,6 +13,8 @@ TESTS=(
     tests/test_resend.py
     tests/test_idempotency.py
     tests/test_abuse.py
+    tests/test_inbound.py
+    tests/test_webhooks.py
 )
 main=$1
 shift
@@ -36,10 +38,10 @@ for py in "$@"; do
     t1=$SECONDS
     # pytest exits 5 when it collects nothing: a broken run, not a pass.
     if "$venv/bin/pytest" -q "${TESTS[@]}" >"$log" 2>&1; then
-        echo "python $version: $(tail -n1 "$log") (API and store tests; venv $((t1 - t0))s)"
+        echo "python $version: $(tail -n1 "$log") (API, store, inbound and webhook tests; venv $((t1 - t0))s)"
     else
         cat "$log"
-        echo "python $version: FAILED (API and store tests in $venv)"
+        echo "python $version: FAILED (API, store, inbound and webhook tests in $venv)"
         failed=1
     fi
 done
