@@ -155,9 +155,11 @@ class Store:
     def phone_key(self, tag: str) -> str:
         return phone_key(self.prefix, tag)
 
-    def _located(self, verification_id: str) -> list[str]:
-        """The keys of the phone that a verification id names and of its shard's outbox."""
-        return self._phone_keys(split_id(verification_id)[0])
+    def _located(self, verification_id: str) -> tuple[list[str], str]:
+        """The keys of the phone that a verification id names and of its shard's outbox, and
+        the id's own part."""
+        tag, part = split_id(verification_id)
+        return self._phone_keys(tag), part
 
     def _phone_keys(self, tag: str) -> list[str]:
         """A phone's key, and its shard's events, due and expiry: lua/_prelude.lua's KEYS[1..4]."""
@@ -364,7 +366,7 @@ class Store:
     ) -> Checked:
         """Atomically compare, count (against the verification and the phone's guess budget)
         and approve."""
-        part = split_id(verification_id)[1]
+        keys, part = self._located(verification_id)
         args = [
             part,
             client,
@@ -375,7 +377,7 @@ class Store:
             self._keep_ms,
         ]
         with self._op("check"):
-            reply = await self._scripts["check"](keys=self._located(verification_id), args=args)
+            reply = await self._scripts["check"](keys=keys, args=args)
         outcome, *after = reply  # check.lua: {outcome, status, checks_left, channel's initial}
         if outcome == "not_found":
             raise NotFound("no such verification")
@@ -383,10 +385,10 @@ class Store:
         return Checked(outcome, verification_id, status, checks_left, CHANNELS[channel])
 
     async def cancel(self, verification_id: str, client: str, now_ms: int) -> StoredVerification:
-        part = split_id(verification_id)[1]
+        keys, part = self._located(verification_id)
         with self._op("cancel"):
             raw = await self._scripts["cancel"](
-                keys=self._located(verification_id), args=[part, client, now_ms, self._keep_ms]
+                keys=keys, args=[part, client, now_ms, self._keep_ms]
             )
         if not raw:
             raise NotFound("no such verification")
@@ -398,10 +400,10 @@ class Store:
         """Approve on New-Tel's callback for the inbound call placed at `placed_at_ms`:
         ('approved', 'duplicate' or 'rejected', the verification's client); lua/callback.lua
         says when."""
-        part = split_id(verification_id)[1]
+        keys, part = self._located(verification_id)
         with self._op("callback"):
             outcome, client = await self._scripts["callback"](
-                keys=self._located(verification_id),
+                keys=keys,
                 args=[part, placed_at_ms, call_id, phone, now_ms, self._keep_ms],
             )
         return str(outcome), str(client)

@@ -32,8 +32,12 @@ local EVENT_TYPE, EVENT_AT, EVENT_VERIFICATION, EVENT_PHONE, EVENT_FIELDS = 1, 2
 -- A pending verification with events keeps its phone's key this long past its expiry, for
 -- the sweep (service/webhooks.py) to report it expired even after every process was down.
 local expired_kept_ms = 86400000
--- The phone's tag: its key is <prefix>{<tag's first hex digit>}<the other 15>.
-local TAG = table.concat({string.match(KEYS[1], '{(%x)}(%x+)$')})
+-- The phone's tag: its key is <prefix>{<tag's first hex digit>}<the other 15>. Worked out
+-- only by a script that records an event.
+local function phone_tag()
+  local shard, rest = string.match(KEYS[1], '{(%x)}(%x+)$')
+  return shard .. rest
+end
 
 local function load_state(key)
   local raw = redis.call('GET', key)
@@ -69,9 +73,10 @@ local function emit(state, id, kind, at, status)
     fields[i] = v[i]
   end
   fields[STATUS] = status or v[STATUS]
-  local event_id = 'evt_' .. TAG .. id .. '_' .. n
+  local tag = phone_tag()
+  local event_id = 'evt_' .. tag .. id .. '_' .. n
   local event = {}
-  event[EVENT_TYPE], event[EVENT_AT], event[EVENT_VERIFICATION] = kind, at, 'vf_' .. TAG .. id
+  event[EVENT_TYPE], event[EVENT_AT], event[EVENT_VERIFICATION] = kind, at, 'vf_' .. tag .. id
   event[EVENT_PHONE], event[EVENT_FIELDS] = state[PHONE], fields
   redis.call('HSET', KEYS[2], event_id, cjson.encode(event))
   redis.call('ZADD', KEYS[3], at, event_id)
@@ -83,7 +88,7 @@ local function settle(state, id, kind, at, status)
   if state[HOOKED][id] then
     emit(state, id, kind, at, status)
     state[HOOKED][id] = nil
-    redis.call('ZREM', KEYS[4], TAG .. id)
+    redis.call('ZREM', KEYS[4], phone_tag() .. id)
   end
 end
 

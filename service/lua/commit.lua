@@ -37,7 +37,7 @@ state[PHONE] = a.phone
 state[PENDING][a.client] = a.id
 if state[HOOKED][a.id] then
   emit(state, a.id, v[SENDS] == 1 and 'verification.started' or 'verification.resent', a.now)
-  redis.call('ZADD', KEYS[4], v[EXPIRES], TAG .. a.id)
+  redis.call('ZADD', KEYS[4], v[EXPIRES], phone_tag() .. a.id)
 end
 save_state(KEYS[1], state, a.now, a.keep)
 return public(state, a.id)

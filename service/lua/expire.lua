@@ -8,7 +8,7 @@
 -- event with it).
 local now = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[4], TAG .. ARGV[1])
+  redis.call('ZREM', KEYS[4], phone_tag() .. ARGV[1])
   return -1
 end
 local state = load_state(KEYS[1])
@@ -17,5 +17,5 @@ if v and v[EXPIRES] > now then
   return 0
 end
 save_state(KEYS[1], state, now, tonumber(ARGV[3]))
-redis.call('ZREM', KEYS[4], TAG .. ARGV[1])
+redis.call('ZREM', KEYS[4], phone_tag() .. ARGV[1])
 return 1
