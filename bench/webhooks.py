@@ -103,6 +103,15 @@ def phase(b: Bench, secret: str) -> None:
     rate = drained["rate"]
     log(f"  drained {drained['count']} deliveries ({drained['distinct']} distinct) at {rate:.0f}/s")
 
+    # The delivery's own CPU: events written by this bench process (no request to serve) while
+    # the service delivers them as they come.
+    _sink("/reset", sink.url)
+    cpu_before = service.cpu()
+    fed = asyncio.run(seed.pipelined(env, b.phones.take(n // 4)))
+    fed_stats = _wait_for(sink.url, len(fed.ids), timeout_s=120)
+    cpu_per_event_ms = (service.cpu() - cpu_before) * 1000 / max(1, fed_stats["count"])
+    log(f"  delivering costs the process {cpu_per_event_ms:.3f} ms of CPU per event")
+
     # Check and start with webhooks on: the same pairs as the main phase's, on this process.
     # Each start is an event, delivered by the same process while wrk keeps it busy: the
     # start rate here is the rate of events the process sustains end to end.
@@ -133,6 +142,7 @@ def phase(b: Bench, secret: str) -> None:
         "outbox_events": len(seeded.ids),
         "drain": drained,
         "drain_events_per_s": round(rate, 1),
+        "delivery_cpu_ms_per_event": round(cpu_per_event_ms, 4),
         "end_to_end_events_per_s": sustained,
         "pending_after_start_runs": behind,
         "half_rate": round(half, 1),
@@ -153,7 +163,8 @@ def table(res: dict[str, Any]) -> list[str]:
     lag = w["lag_at_half_rate"]
     return [
         f"\nwebhooks: one process delivered {w['drain']['count']} events from the outbox at "
-        f"{w['drain_events_per_s']:.0f}/s; under wrk it sustained "
+        f"{w['drain_events_per_s']:.0f}/s ({w['delivery_cpu_ms_per_event']:.3f} ms of its CPU "
+        f"each); under wrk it sustained "
         f"{w['end_to_end_events_per_s']:.0f} starts/s, each an event it delivered too "
         f"({w['pending_after_start_runs']:.0f} pending after); at half that, "
         f"{w['half_rate']:.0f} starts/s, the lag (event to delivery) was p50 "
