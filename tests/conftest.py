@@ -210,6 +210,18 @@ AppFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
+async def own_redis() -> AsyncIterator[Any]:
+    """A throw-away redis-server of the test's own (helpers.OwnRedis) that it may stop,
+    freeze and restart."""
+    from helpers import OwnRedis
+
+    server = OwnRedis()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
 async def receiver(aiohttp_server: Any) -> Any:
     """A webhook receiver on 127.0.0.1 that verifies and records each delivery
     (tests/webhook_receiver.py)."""

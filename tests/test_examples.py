@@ -21,8 +21,7 @@ import aiohttp
 import pytest
 from conftest import IN_CI
 from helpers import checked, free_port, started
-from standardwebhooks import Webhook
-from webhook_receiver import SECRET, new_secret
+from webhook_receiver import SECRET, new_secret, signed
 
 from service.providers.sandbox import SANDBOX_CALL_TO
 
@@ -241,17 +240,6 @@ async def example_receiver(request: pytest.FixtureRequest) -> AsyncIterator[Runn
 NOBODY = new_secret(b"a-secret-of-nobody-at-all-32byte")
 
 
-def _signed(secret: str, event_id: str, body: bytes, at: datetime | None = None) -> dict[str, str]:
-    """Standard Webhooks headers for `body`, signed by the `standardwebhooks` package."""
-    at = at or datetime.now(UTC)
-    return {
-        "Content-Type": "application/json",
-        "webhook-id": event_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(event_id, at, body.decode()),
-    }
-
-
 def _event(kind: str, status: str) -> bytes:
     return json.dumps({"type": kind, "data": {"id": "vf_example", "status": status}}).encode()
 
@@ -277,12 +265,12 @@ async def test_a_webhook_receiver_example_refuses_a_forged_stale_or_altered_deli
     body = _event("verification.canceled", "canceled")
     ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
     post = example_receiver.post
-    assert await post(body, _signed(NOBODY, "evt_x_1", body)) == 401
-    assert await post(body, _signed(SECRET, "evt_x_1", body, ten_minutes_ago)) == 401
+    assert await post(body, signed(body, "evt_x_1", NOBODY)) == 401
+    assert await post(body, signed(body, "evt_x_1", SECRET, ten_minutes_ago)) == 401
     assert await post(body, {"webhook-id": "evt_x_1"}) == 401
     altered = body.replace(b"canceled", b"approved")
-    assert await post(altered, _signed(SECRET, "evt_x_1", body)) == 401
-    assert await post(body, _signed(SECRET, "evt_x_1", body)) == 204
+    assert await post(altered, signed(body, "evt_x_1", SECRET)) == 401
+    assert await post(body, signed(body, "evt_x_1", SECRET)) == 204
     assert await example_receiver.event_line() == "verification.canceled vf_example canceled"
 
 
@@ -291,13 +279,13 @@ async def test_a_webhook_receiver_example_takes_any_rotated_signature_and_each_i
 ) -> None:
     body = _event("verification.canceled", "canceled")
     # While secrets are rotated there is one entry per secret: one that verifies will do.
-    headers = _signed(SECRET, "evt_x_1", body)
-    rotated = _signed(NOBODY, "evt_x_1", body)["webhook-signature"]
+    headers = signed(body, "evt_x_1", SECRET)
+    rotated = signed(body, "evt_x_1", NOBODY)["webhook-signature"]
     headers["webhook-signature"] = f"{rotated} {headers['webhook-signature']}"
     # Delivered again (at least once: same webhook-id), answered 2xx, acted on once.
     assert await example_receiver.post(body, headers) == 204
     assert await example_receiver.post(body, headers) == 204
     last = _event("verification.expired", "expired")
-    assert await example_receiver.post(last, _signed(SECRET, "evt_x_2", last)) == 204
+    assert await example_receiver.post(last, signed(last, "evt_x_2", SECRET)) == 204
     assert await example_receiver.event_line() == "verification.canceled vf_example canceled"
     assert await example_receiver.event_line() == "verification.expired vf_example expired"

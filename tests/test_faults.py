@@ -11,7 +11,6 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,7 +19,6 @@ import redis.asyncio as aioredis
 from conftest import AUTH, PHONE, make_settings
 from helpers import (
     PRODUCTION_AUTH,
-    OwnRedis,
     eventually,
     free_port,
     phones,
@@ -33,14 +31,6 @@ from helpers import (
 from service.app import create_app
 
 PHONE_2 = "79035675125"
-
-
-@pytest.fixture
-async def own_redis() -> AsyncIterator[OwnRedis]:
-    server = OwnRedis()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def fresh_prefix() -> str:

@@ -11,8 +11,7 @@ from typing import Any
 
 from conftest import AUTH, OTHER, PHONE, TWO_CLIENTS
 from helpers import bearer, checked, eventually, problem, started, write_clients_file, wrong
-from standardwebhooks import Webhook
-from webhook_receiver import SECRET, new_secret
+from webhook_receiver import new_secret, signed
 
 from service.clients import hash_key
 from service.sandbox_webhooks import KEPT
@@ -47,19 +46,6 @@ async def until_listed(
 def event(verification_id: str, kind: str = "verification.canceled") -> bytes:
     data = {"id": verification_id, "phone": PHONE, "status": kind.split(".")[1]}
     return json.dumps({"type": kind, "timestamp": "2026-11-22T10:00:00Z", "data": data}).encode()
-
-
-def signed(
-    body: bytes, event_id: str, secret: str = SECRET, at: datetime | None = None
-) -> dict[str, str]:
-    """The headers of a delivery of `body`, signed per Standard Webhooks."""
-    at = at or datetime.now(UTC)
-    return {
-        "Content-Type": "application/json",
-        "webhook-id": event_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(event_id, at, body.decode()),
-    }
 
 
 async def test_the_services_deliveries_are_listed_for_their_verification_oldest_first(

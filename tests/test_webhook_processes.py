@@ -53,14 +53,6 @@ SHORT_WAITS = ",".join(["0.5"] * 40)  # retries never run out during a test
 
 
 @pytest.fixture
-async def own_redis() -> AsyncIterator[OwnRedis]:
-    server = OwnRedis()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         yield session

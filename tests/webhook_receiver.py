@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,20 @@ def new_secret(seed: bytes = b"callauth-test-webhook-secret-32b") -> str:
 
 
 SECRET = new_secret()
+
+
+def signed(
+    body: bytes, event_id: str, secret: str = SECRET, at: datetime | None = None
+) -> dict[str, str]:
+    """The headers of a delivery of `body`, signed per Standard Webhooks by the
+    `standardwebhooks` package (for the tests that post deliveries themselves)."""
+    at = at or datetime.now(UTC)
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(event_id, at, body.decode()),
+    }
 
 
 @dataclass
