@@ -18,7 +18,8 @@ share the work through Redis alone (store.py's key table):
   (its recent attempts' time): a slow or dead endpoint never holds another client's events.
   No claim takes more than one endpoint may hold, so a single fast endpoint is rarely full.
 - the expiry sweep reports pending verifications with a webhook expired (lua/expire.lua)
-  every SWEEP_S, at most a second after their expiry in the sweeping process's clock.
+  every SWEEP_S, once their expiry is _CLOCK_MARGIN_MS behind the sweeping process's clock:
+  1 to 2 s after it.
 
 Targets are refused when they resolve to a loopback, private, link-local or other non-global
 address, or are plain http://, unless CALLAUTH_WEBHOOK_ALLOW_PRIVATE=1. The check is made on
