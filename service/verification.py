@@ -14,7 +14,11 @@ What is decided atomically in the store's Lua scripts (service/lua/), one script
   check.lua     comparing the code's hash in constant time, counting wrong codes against the
                 verification and the phone's guess budget, approving once
   cancel.lua    canceling a pending verification
+  callback.lua  approving on New-Tel's callback for an inbound call
   call_status.lua  keeping New-Tel's word for a call
+Each of these that changes a verification of a client with a webhook also records the event in
+its shard's outbox, in the same step (_prelude.lua's emit; whether the client has a webhook is
+decided here, when the verification is made); service/webhooks.py delivers them.
 """
 
 from __future__ import annotations
