@@ -101,6 +101,11 @@ class Profile:
     webhook_url: str | None = None
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
+    @property
+    def has_webhook(self) -> bool:
+        """Whether this client's verifications record events: an endpoint and a secret."""
+        return bool(self.webhook_url and self.webhook_secrets)
+
     def speak(self, code: str) -> str:
         """The voice text with the client's name and the code, digit by digit; one pass, so a
         name holding `{code}` stays text."""

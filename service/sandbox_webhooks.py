@@ -62,7 +62,7 @@ class SandboxWebhookOut(BaseModel):
 
 
 class SandboxWebhooksOut(BaseModel):
-    enabled: bool = Field(description="whether the client's profile has a webhook URL")
+    enabled: bool = Field(description="whether the client's profile has a webhook")
     events: list[SandboxWebhookOut] = Field(description="oldest first")
 
 
@@ -171,7 +171,7 @@ def routes() -> list[web.RouteDef]:
         mine = inbox.owner(verification_id) == client.id
         return api.json_response(
             {
-                "enabled": bool(client.webhook_url),
+                "enabled": client.has_webhook,
                 "events": [
                     {
                         "id": e.id,

@@ -164,7 +164,7 @@ class Verifier:
         return client if isinstance(client, Profile) else self._profiles(client)
 
     def _written(self, client: ClientRef) -> None:
-        if self._profile(client).webhook_url:
+        if self._profile(client).has_webhook:
             self.events_written()
 
     def _count(self, counter: Any, *labels: str) -> None:
@@ -439,7 +439,7 @@ class Verifier:
             call_to=placed.call_to if inbound else "",
             qr_code_uri=(placed.qr_code_uri or "") if inbound else "",
             call_before_ms=reservation.at_ms + self.settings.inbound_timeout_s * 1000,
-            hooked=bool(p.webhook_url and p.webhook_secrets),
+            hooked=p.has_webhook,
         )
         stored = await self.store.commit(reservation, call)
         if call.hooked:

@@ -261,11 +261,11 @@ class Deliverer:
         client = event.verification.client
         profile = self._profiles(client)
         try:
-            if not profile.webhook_url or not profile.webhook_secrets:
+            if not profile.has_webhook:
                 log.info("event dropped: the client has no webhook now", event_id=event.id)
                 self._done.append(event.id)
                 return
-            endpoint = _endpoint(profile.webhook_url)
+            endpoint = _endpoint(profile.webhook_url or "")
             if self._held[endpoint] >= QUEUED_PER_ENDPOINT:
                 # About when a place frees: the queue's rounds at the endpoint's recent pace.
                 rounds = QUEUED_PER_ENDPOINT // PER_ENDPOINT
