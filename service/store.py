@@ -43,7 +43,7 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -163,11 +163,20 @@ class Store:
 
     def _phone_keys(self, tag: str) -> list[str]:
         """A phone's key, and its shard's events, due and expiry: lua/_prelude.lua's KEYS[1..4]."""
-        shard = self._shard_key(shard_of(tag))
-        return [self.phone_key(tag), f"{shard}:events", f"{shard}:due", f"{shard}:expiry"]
+        return [self.phone_key(tag), *self._shard_keys(shard_of(tag), "events", "due", "expiry")]
 
-    def _shard_key(self, shard: str) -> str:
-        return f"{self.prefix}{{{shard}}}"
+    def _shard_keys(self, shard: str, *names: str) -> list[str]:
+        """Keys of a shard's outbox (`events`, `due`, `tries`, `expiry`), in its slot."""
+        return [f"{self.prefix}{{{shard}}}:{name}" for name in names]
+
+    def _worker_keys(self, shards: Iterable[str]) -> list[str]:
+        """The due, events and tries keys of each shard: lua/claim.lua's and done.lua's KEYS."""
+        return [k for shard in shards for k in self._shard_keys(shard, "due", "events", "tries")]
+
+    def _script_groups(self, shards: Iterable[str]) -> list[list[str]]:
+        """The shards one script may serve together: all of them on one Redis, one each on a
+        Cluster (a script touches one slot)."""
+        return [[shard] for shard in shards] if self.cluster else [list(shards)]
 
     def _slots_key(self, owner: str) -> str:
         """The slot counters of the IP's or the client's window (lua/_prelude.lua)."""
@@ -439,25 +448,21 @@ class Store:
 
     # The webhook outbox (service/webhooks.py delivers) ------------------------------------
 
-    def _worker_keys(self, shard: str, *names: str) -> list[str]:
-        key = self._shard_key(shard)
-        return [f"{key}:{name}" for name in names]
-
     async def claim(self, now_ms: int, lease_ms: int, count: int, first: int = 0) -> list[Event]:
         """Up to `count` due events, each leased for `lease_ms` (lua/claim.lua); the shards
         from the `first`th on, so that no shard always comes last. One script on one Redis; on
         a Cluster one per shard, in turn, each for what the ones before left: a claim leases
         only what it returns."""
         shards = SHARDS[first % len(SHARDS) :] + SHARDS[: first % len(SHARDS)]
-        groups = [[s] for s in shards] if self.cluster else [list(shards)]
         flat: list[Any] = []
         with self._op("claim"):
-            for group in groups:
+            for group in self._script_groups(shards):
                 left = count - len(flat) // 3
                 if left <= 0:
                     break
-                keys = [k for s in group for k in self._worker_keys(s, "due", "events", "tries")]
-                flat += await self._scripts["claim"](keys=keys, args=[now_ms, lease_ms, left])
+                flat += await self._scripts["claim"](
+                    keys=self._worker_keys(group), args=[now_ms, lease_ms, left]
+                )
         events, unreadable = [], []
         for i in range(0, len(flat), 3):
             try:
@@ -477,21 +482,19 @@ class Store:
             return
         by_shard: dict[str, list[str]] = {}
         for event_id in event_ids:
-            by_shard.setdefault(shard_of(event_id.removeprefix("evt_")), []).append(event_id)
-        groups = [[s] for s in by_shard] if self.cluster else [list(by_shard)]
+            by_shard.setdefault(_event_shard(event_id), []).append(event_id)
         calls = []
-        for shards in groups:
-            keys = [k for s in shards for k in self._worker_keys(s, "due", "events", "tries")]
+        for shards in self._script_groups(by_shard):
             args: list[Any] = [now_ms]
             for s in shards:
                 args += [len(by_shard[s]), *by_shard[s]]
-            calls.append(self._scripts["done"](keys=keys, args=args))
+            calls.append(self._scripts["done"](keys=self._worker_keys(shards), args=args))
         with self._op("done"):
             await asyncio.gather(*calls)
 
     async def retry(self, event_id: str, due_ms: int, failed_attempts: int | None) -> None:
         """Deliver again at `due_ms`, after `failed_attempts` (None: put off, no attempt made)."""
-        keys = self._worker_keys(shard_of(event_id.removeprefix("evt_")), "due", "tries")
+        keys = self._shard_keys(_event_shard(event_id), "due", "tries")
         attempts = "" if failed_attempts is None else failed_attempts
         with self._op("retry"):
             await self._scripts["retry"](keys=keys, args=[event_id, due_ms, attempts])
@@ -500,7 +503,7 @@ class Store:
         """Events not yet delivered, gone or dead, all shards together."""
         with self._op("outbox"):
             sizes = await asyncio.gather(
-                *(self.redis.zcard(self._worker_keys(s, "due")[0]) for s in SHARDS)
+                *(self.redis.zcard(self._shard_keys(s, "due")[0]) for s in SHARDS)
             )
         return sum(int(size) for size in sizes)
 
@@ -512,7 +515,7 @@ class Store:
             due = await asyncio.gather(
                 *(
                     self.redis.zrangebyscore(
-                        self._worker_keys(s, "expiry")[0], "-inf", now_ms, start=0, num=count
+                        self._shard_keys(s, "expiry")[0], "-inf", now_ms, start=0, num=count
                     )
                     for s in SHARDS
                 )
@@ -534,6 +537,11 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _event_shard(event_id: str) -> str:
+    """An event's shard: its id is evt_<the verification's tag and part>_<n> (lua/_prelude.lua)."""
+    return shard_of(event_id.removeprefix("evt_"))
 
 
 def _public(verification_id: str, raw: str) -> StoredVerification:
